@@ -1,0 +1,4 @@
+"""Tensor ops shared by every loss and recipe (torch only, no model code)."""
+from alignlab.ops.logprobs import completion_logps, gather_token_logps, masked_sum, SeqLogps
+
+__all__ = ["completion_logps", "gather_token_logps", "masked_sum", "SeqLogps"]

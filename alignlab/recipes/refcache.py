@@ -1,0 +1,81 @@
+"""Reference log-probs: computed once, cached on disk, never recomputed per step (pitfalls R1).
+
+Cache key = sha256 over (every prompt/chosen/rejected token id after truncation, reference fingerprint,
+dtype). Hashing the final ids covers dataset, tokenizer, chat template and max lengths at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alignlab.data.collate import collate_pairs
+from alignlab.data.tokenize import TokenizedPair
+from alignlab.models.scorer import SequenceScorer
+
+
+def cache_root() -> Path:
+    if os.environ.get("ALIGNLAB_CACHE"):
+        return Path(os.environ["ALIGNLAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "alignlab"
+
+
+def pairs_fingerprint(pairs: list[TokenizedPair]) -> str:
+    h = hashlib.sha256()
+    for p in pairs:
+        for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
+            h.update(len(ids).to_bytes(4, "little"))
+            h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def reference_key(pairs: list[TokenizedPair], model_fp: str, dtype: str) -> str:
+    return hashlib.sha256(f"{pairs_fingerprint(pairs)}|{model_fp}|{dtype}".encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], indices: list[int], pad_id: int,
+                  batch_size: int, device) -> torch.Tensor:
+    """[len(indices), 2] summed (chosen, rejected) log-probs; batches sorted by length to cut padding."""
+    order = sorted(range(len(indices)), key=lambda k: -len(pairs[indices[k]].prompt_ids)
+                   - max(len(pairs[indices[k]].chosen_ids), len(pairs[indices[k]].rejected_ids)))
+    out = torch.zeros(len(indices), 2)
+    for s in range(0, len(order), batch_size):
+        ks = order[s : s + batch_size]
+        idx = [indices[k] for k in ks]
+        b = collate_pairs([pairs[i] for i in idx], idx, pad_id).to(device)
+        lp = scorer(b.input_ids, b.attention_mask, b.completion_mask).sum.float().cpu()
+        n = len(ks)
+        out[ks, 0], out[ks, 1] = lp[:n], lp[n:]
+    return out
+
+
+def reference_logps(accelerator, scorer: SequenceScorer, pairs: list[TokenizedPair], pad_id: int, key: str,
+                    batch_size: int = 8) -> tuple[torch.Tensor, bool, Path]:
+    """Load or compute the [N, 2] reference table. Each rank computes a shard; one all-reduce joins them.
+
+    Returns (table, cache_hit, path).
+    """
+    path = cache_root() / "reflogps" / f"{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))["ref_logps"], True, path
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = list(range(rank, len(pairs), world))
+    was_training = scorer.training
+    scorer.eval()
+    table = torch.zeros(len(pairs), 2)
+    if mine:
+        table[mine] = compute_logps(scorer, pairs, mine, pad_id, batch_size, accelerator.device)
+    scorer.train(was_training)
+    table = accelerator.reduce(table.to(accelerator.device), reduction="sum").cpu() if world > 1 else table
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"ref_logps": table.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return table, False, path
