@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from alignlab.data.tokenize import TokenizedPair
-from alignlab.recipes.refcache import cache_root
+from alignlab.models.loading import cache_dir
 from alignlab.rollout.generate import Generation, SamplingParams, generate
 
 
@@ -46,7 +46,7 @@ def build_onpolicy_pairs(model, tokenizer, prompts: list[str], reward_fn: Callab
     if params.num_samples < 2:
         raise ValueError("on-policy pairs need at least 2 samples per prompt")
     key = pairs_cache_key(model_fp, prompts, params, reward_name)
-    path = cache_root() / "pairs" / f"{key}.jsonl"
+    path = cache_dir() / "pairs" / f"{key}.jsonl"
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         meta = rows.pop(0)

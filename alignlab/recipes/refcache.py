@@ -14,14 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from alignlab.data.collate import collate_pairs
 from alignlab.data.tokenize import TokenizedPair
+from alignlab.models.loading import cache_dir
 from alignlab.models.scorer import SequenceScorer
-
-
-def cache_root() -> Path:
-    if os.environ.get("ALIGNLAB_CACHE"):
-        return Path(os.environ["ALIGNLAB_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "alignlab"
 
 
 def pairs_fingerprint(pairs: list[TokenizedPair]) -> str:
@@ -60,7 +54,7 @@ def reference_logps(accelerator, scorer: SequenceScorer, pairs: list[TokenizedPa
 
     Returns (table, cache_hit, path).
     """
-    path = cache_root() / "reflogps" / f"{key}.safetensors"
+    path = cache_dir() / "reflogps" / f"{key}.safetensors"
     if path.exists():
         return load_file(str(path))["ref_logps"], True, path
     world, rank = accelerator.num_processes, accelerator.process_index

@@ -172,8 +172,14 @@ def _progress(is_main: bool, start: int, total: int):
     return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
 
-def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step) -> dict:
-    """One optimizer step over this rank's micro-batches; returns gathered per-pair tensors for metrics."""
+def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step) -> tuple[dict, list]:
+    """Forward/backward over this rank's micro-batches of one step (no optimizer step).
+
+    Each micro-batch contributes sum(per-pair losses) * world / n_pairs_global (+ the SFT term over the
+    global chosen-token count), so the accumulated gradient is the effective-batch mean however the batch
+    is split over micro-batches and ranks (DDP averages over ranks, hence * world). Returns the per-pair
+    tensors for metrics and the sources of any micro-batch whose loss was not finite.
+    """
     micro = plan.micro_batches(step, accelerator.process_index)
     global_idx = plan.global_batch(step)
     n_global = len(global_idx)
@@ -206,12 +212,19 @@ def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref
         if pl.ref_chosen is not None:
             keep["klc"].append((pl.ref_chosen - pl.chosen).detach())
             keep["klr"].append((pl.ref_rejected - pl.rejected).detach())
+    return keep, bad_local
+
+
+def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step) -> dict:
+    """One optimizer step; returns gathered per-pair tensors for metrics."""
+    keep, bad_local = accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step)
     grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
+        global_idx = plan.global_batch(step)
         raise NonFiniteLossError(
-            f"non-finite loss/gradient at step {step + 1} (global batch of {n_global} pairs, dataset indices "
-            f"{global_idx[:16]}{'...' if n_global > 16 else ''}); offending micro-batches on rank "
+            f"non-finite loss/gradient at step {step + 1} (global batch of {len(global_idx)} pairs, dataset indices "
+            f"{global_idx[:16]}{'...' if len(global_idx) > 16 else ''}); offending micro-batches on rank "
             f"{accelerator.process_index}: {bad_local[:2]}. The last checkpoint is intact.")
     optimizer.step()
     scheduler.step()

