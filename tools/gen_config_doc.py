@@ -1,0 +1,50 @@
+"""Regenerate docs/config.md from the config dataclasses: python tools/gen_config_doc.py > docs/config.md"""
+import dataclasses, typing, re, inspect
+from alignlab.recipes.train_config import TrainConfig
+from alignlab.recipes.demo import DemoConfig
+def comments(cls):
+    src = inspect.getsource(cls)
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+): [^=]+= (.+?)(?:\s+#\s*(.*))?$", line)
+        if m: out[m.group(1)] = m.group(3) or ""
+    return out
+def table(cls):
+    hints = typing.get_type_hints(cls); c = comments(cls)
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        t = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+        meaning = c.get(f.name, "").replace(" | ", " or ")
+        rows.append(f"| `{f.name}` | {t} | `{f.default!r}` | {meaning} |")
+    return "\n".join(rows)
+print("""# Configuration reference
+
+Every entry point has one flat config dataclass. Values come from the defaults, then `--config FILE.yaml`,
+then `key=value` arguments (later wins); unknown keys are errors. The resolved config is written to
+`<output_dir>/config.yaml`, which can be passed back with `--config` to repeat a run.
+
+## `alignlab train` (`alignlab.recipes.train_config.TrainConfig`)
+
+""" + table(TrainConfig) + """
+
+Notes
+- Effective batch = `per_device_batch_size × grad_accum × number of processes` pairs. Per-pair losses are
+  divided by the pairs of the effective batch and the SFT term by its chosen tokens, so the gradient does not
+  depend on the split (tested for 1×8, 2×4, 4×2, 8×1 and 2 processes).
+- With `lora=true` the reference is the base model without the adapter; its log-probs are computed once before
+  training and cached under `~/.cache/alignlab/reflogps/` (key: every token id, the model fingerprint, dtype).
+- `gradient_checkpointing` is on by default (memory); turn it off for small models where time is the limit.
+- `stop_after_steps` exists to test exact resume: it stops as if killed while keeping the schedule of `max_steps`.
+
+## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
+
+""" + table(DemoConfig) + """
+
+## Environment
+
+| variable | effect |
+|---|---|
+| `ALIGNLAB_CACHE` | cache root (default `$XDG_CACHE_HOME/alignlab` or `~/.cache/alignlab`): models, reference log-probs, on-policy pairs |
+| `ALIGNLAB_MODEL_CACHE` | model cache directory only (default `<cache>/models`) |
+| `HF_HUB_OFFLINE=1` | set by the Makefile; the built-in model never needs the hub |
+""")
