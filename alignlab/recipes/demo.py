@@ -93,7 +93,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     eval_params = SamplingParams(cfg.eval_max_new_tokens, cfg.eval_temperature, 1.0, cfg.eval_samples,
                                  cfg.gen_batch_size, cfg.seed + 1)
     t = time.perf_counter()
-    base_gens = generate(model, tok, _texts(eval_p), eval_params)
+    base_gens = generate(model, tok, _texts(eval_p), eval_params, progress="eval base")
     base = result_from_generations("base", base_gens, gold, _texts(eval_p), kl=[0.0] * len(base_gens))
     timings["eval_base"] = time.perf_counter() - t
 
@@ -108,7 +108,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     policy = result.model
 
     t = time.perf_counter()
-    gens = generate(policy, tok, _texts(eval_p), eval_params)
+    gens = generate(policy, tok, _texts(eval_p), eval_params, progress=f"eval {cfg.loss}")
     pad = tok.pad_token_id
     lp = score_generations(policy, gens, pad, cfg.eval_temperature)
     with reference_mode(policy):

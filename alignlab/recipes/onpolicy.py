@@ -52,7 +52,7 @@ def build_onpolicy_pairs(model, tokenizer, prompts: list[str], reward_fn: Callab
         meta = rows.pop(0)
         pairs = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["source"]) for r in rows]
         return pairs, rows, PairBuildReport(**(meta["report"] | {"cache_hit": True, "path": str(path)}))
-    gens = generate(model, tokenizer, prompts, params)
+    gens = generate(model, tokenizer, prompts, params, progress="on-policy samples")
     rewards = reward_fn([prompts[g.prompt_index] for g in gens], [g.text for g in gens], [g.finished for g in gens])
     pairs, rows, ties = [], [], 0
     for i, b, w in _rank(gens, rewards, params.num_samples, len(prompts)):

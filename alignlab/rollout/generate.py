@@ -57,7 +57,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, pair_tokenizer: PairTokenizer | None = None,
-             max_prompt_length: int = 512) -> list[Generation]:
+             max_prompt_length: int = 512, progress: str | None = None) -> list[Generation]:
     """Sample ``num_samples`` completions per prompt; output order: prompt-major, sample-minor.
 
     Rows are length-sorted before batching (less padding); each batch reseeds torch with
@@ -80,7 +80,12 @@ def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, pair
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    for start in range(0, len(order), params.batch_size):
+    starts = range(0, len(order), params.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True)
+    for start in starts:
         ks = order[start : start + params.batch_size]
         ids, attn = _left_pad([prompt_ids[jobs[k][0]] for k in ks], pad_id)
         torch.manual_seed(params.seed * 1000003 + ks[0])
