@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         accelerator.init_trackers("tb")
     logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
     if is_main:
-        print(f"[alignlab] {len(pairs)} pairs, global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
+        print(f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
               f"({plan.dropped_per_epoch} pairs/epoch left over), {total_steps} steps")
     history: list[dict] = []
     last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
