@@ -3,7 +3,6 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignlab-installed
-export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -26,11 +25,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/alignlab demo
 
+# Two pytest workers on two cores: one torch thread each (oversubscribed OpenMP threads spin and crawl).
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" -p no:cacheprovider
 
 bench: setup
 	$(BIN)/python bench/bench_dpo_throughput.py
