@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_rank >= 0:
         orig = T._train_step
 
-        def failing(cfg, accelerator, *rest):
+        def failing(cfg, accelerator, *rest, **kw):  # kw: token_rewards (T-REG), passed by keyword
             step = rest[-1]
             if accelerator.process_index == args.fail_rank and step == args.fail_step:
                 raise RuntimeError(f"forced failure on rank {accelerator.process_index} at step index {step}")
-            return orig(cfg, accelerator, *rest)
+            return orig(cfg, accelerator, *rest, **kw)
 
         T._train_step = failing
 

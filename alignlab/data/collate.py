@@ -17,6 +17,8 @@ class PairBatch:
     completion_mask: [2B, T] bool, True where the token at that position is a completion token (scored).
     ref_logps:       [2B] float32 summed reference log-probs (None until attached).
     index:           [B] int64 dataset indices of the pairs (names the batch in errors, keys caches).
+    token_rewards:   [2B, T-1] float32 T-REG token rewards aligned with ``input_ids[:, 1:]`` like
+                     SeqLogps.token (0 at prompt/pad positions); None unless the loss is token-level.
     """
 
     input_ids: torch.Tensor
@@ -24,6 +26,7 @@ class PairBatch:
     completion_mask: torch.Tensor
     index: torch.Tensor
     ref_logps: torch.Tensor | None = None
+    token_rewards: torch.Tensor | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -31,7 +34,8 @@ class PairBatch:
 
     def to(self, device) -> "PairBatch":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PairBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.completion_mask), mv(self.index), mv(self.ref_logps))
+        return PairBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.completion_mask), mv(self.index), mv(self.ref_logps),
+                         mv(self.token_rewards))
 
 
 def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -49,12 +53,37 @@ def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id
     return ids, attn, comp
 
 
+class TokenRewardAlignmentError(ValueError):
+    """Token rewards that do not line up one-to-one with a response's token ids (never broadcast or padded)."""
+
+
+def token_reward_rows(pairs: list[TokenizedPair], rewards: list[tuple[list[float], list[float]]], T: int) -> torch.Tensor:
+    """[2B, T-1] token rewards placed where SeqLogps.token scores each response token (label shift: the token at
+    position i of input_ids is scored at i-1). ``rewards[k]`` = (chosen r̂, rejected r̂) of ``pairs[k]``."""
+    out = torch.zeros(2 * len(pairs), T - 1)
+    B = len(pairs)
+    for k, (p, (rc, rr)) in enumerate(zip(pairs, rewards)):
+        for row, ids, r in ((k, p.chosen_ids, rc), (B + k, p.rejected_ids, rr)):
+            if len(r) != len(ids):
+                raise TokenRewardAlignmentError(
+                    f"{p.source}: {len(r)} token rewards for a response of {len(ids)} tokens; token rewards must be "
+                    "computed on exactly the training ids (recompute them after changing tokenizer/max_length)")
+            if not p.prompt_ids:
+                raise TokenRewardAlignmentError(f"{p.source}: empty prompt; the first response token cannot be scored")
+            start = len(p.prompt_ids) - 1
+            out[row, start : start + len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
 def collate_pairs(pairs: list[TokenizedPair], indices: list[int], pad_id: int,
-                  ref_logps: torch.Tensor | None = None) -> PairBatch:
-    """ref_logps, if given, is the [N, 2] (chosen, rejected) table for the whole dataset."""
+                  ref_logps: torch.Tensor | None = None,
+                  token_rewards: list[tuple[list[float], list[float]]] | None = None) -> PairBatch:
+    """ref_logps, if given, is the [N, 2] (chosen, rejected) table for the whole dataset; token_rewards, if
+    given, the per-pair (chosen, rejected) token-reward lists of the whole dataset (indexed like ref_logps)."""
     prompts = [p.prompt_ids for p in pairs] * 2
     comps = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     ids, attn, comp = pad_sequences(prompts, comps, pad_id)
     index = torch.tensor(indices, dtype=torch.long)
     ref = None if ref_logps is None else torch.cat([ref_logps[index, 0], ref_logps[index, 1]]).float()
-    return PairBatch(ids, attn, comp, index, ref)
+    rhat = None if token_rewards is None else token_reward_rows(pairs, [token_rewards[i] for i in indices], ids.shape[1])
+    return PairBatch(ids, attn, comp, index, ref, rhat)

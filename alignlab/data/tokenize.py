@@ -22,12 +22,20 @@ class TokenizationError(ValueError):
 
 @dataclass
 class TokenizedPair:
-    """Token ids of one preference pair. chosen_ids/rejected_ids are completion ids only (after the prompt)."""
+    """Token ids of one preference pair. chosen_ids/rejected_ids are completion ids only (after the prompt).
+
+    prompt / chosen_text / rejected_text: the source text, when known (tokenize_pairs, on-policy pairs). Only
+    used to build *other* contexts around the same ids (T-REG's contrastive prompts); the ids above are always
+    what is scored, never a re-tokenization of this text.
+    """
 
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
     source: str
+    prompt: Text | None = None
+    chosen_text: str | None = None
+    rejected_text: str | None = None
 
 
 @dataclass
@@ -138,6 +146,7 @@ def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int =
             report.dropped_empty += 1
             report.dropped_sources.append(rec.source)
             continue
-        out.append(TokenizedPair(*cut, source=rec.source))
+        out.append(TokenizedPair(*cut, source=rec.source, prompt=rec.prompt, chosen_text=_completion_text(rec.chosen),
+                                 rejected_text=_completion_text(rec.rejected)))
     report.kept = len(out)
     return out, report

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from alignlab.losses import preference
-from alignlab.losses.types import PairLogps
+from alignlab.losses import preference, treg
+from alignlab.losses.types import PairLogps, TokenTerms
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "dpo": preference.dpo,
@@ -18,8 +18,14 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "hinge": preference.slic,
     "rdpo": preference.rdpo,
     "simpo": preference.simpo,
+    # token-level (T-REG, specs/treg.md): take (PairLogps, TokenTerms)
+    "dpo_treg": treg.dpo_treg,
+    "simpo_treg": treg.simpo_treg,
 }
-REFERENCE_FREE = {"simpo"}
+REFERENCE_FREE = {"simpo", "simpo_treg"}
+# Losses that also need per-token policy log-probs and token rewards (TokenTerms); only these make the
+# scorer return per-token log-probs, so every other loss runs exactly as before.
+TOKEN_LEVEL = {"dpo_treg", "simpo_treg"}
 
 
 def get_loss(name: str) -> Callable[..., torch.Tensor]:
@@ -31,7 +37,8 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
 def loss_kwargs(name: str, params: dict) -> dict:
     """The subset of ``params`` that the named loss accepts (so one flat config serves every loss)."""
     sig = inspect.signature(get_loss(name))
-    return {k: v for k, v in params.items() if k in sig.parameters and k != "p"}
+    return {k: v for k, v in params.items() if k in sig.parameters and k not in ("p", "t")}
 
 
-__all__ = ["LOSSES", "REFERENCE_FREE", "PairLogps", "get_loss", "loss_kwargs", "preference"]
+__all__ = ["LOSSES", "REFERENCE_FREE", "TOKEN_LEVEL", "PairLogps", "TokenTerms", "get_loss", "loss_kwargs",
+           "preference", "treg"]

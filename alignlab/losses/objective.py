@@ -7,13 +7,15 @@ effective batch (its normaliser is passed in).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.losses import REFERENCE_FREE, get_loss, loss_kwargs
+from alignlab.losses import REFERENCE_FREE, TOKEN_LEVEL, get_loss, loss_kwargs
 from alignlab.losses.preference import simpo_rewards
-from alignlab.losses.types import PairLogps
+from alignlab.losses.treg import PARTS, treg_metrics
+from alignlab.losses.types import PairLogps, TokenTerms
 
 
 @dataclass
@@ -22,23 +24,39 @@ class ObjectiveOut:
     chosen_rewards / rejected_rewards: [B] detached metric rewards (TRL meaning: beta * summed log-ratio;
     SimPO: beta * mean log-prob).
     sft_nll_sum: scalar, summed NLL over chosen tokens (differentiable; 0 when unused).
+    extras: name -> [B] detached per-pair metrics of token-level losses (``treg/*``); empty otherwise.
     """
 
     losses: torch.Tensor
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
     sft_nll_sum: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def preference_objective(p: PairLogps, loss: str, params: dict, reference_free: bool = False) -> ObjectiveOut:
+def preference_objective(p: PairLogps, loss: str, params: dict, reference_free: bool = False,
+                         tokens: TokenTerms | None = None) -> ObjectiveOut:
+    """``tokens`` (per-token policy log-probs, mask, token rewards) is required by, and only used for, the
+    token-level losses (TOKEN_LEVEL, i.e. T-REG); their sequence term uses ``p`` like every other loss."""
     fn = get_loss(loss)
     if reference_free and loss not in REFERENCE_FREE:
         p = p.reference_free()
-    losses = fn(p, **loss_kwargs(loss, params))
+    extras: dict[str, torch.Tensor] = {}
+    if loss in TOKEN_LEVEL:
+        if tokens is None:
+            raise ValueError(f"loss {loss!r} is token-level: it needs TokenTerms (per-token log-probs and token rewards)")
+        losses = fn(p, tokens, **loss_kwargs(loss, params))
+        with torch.no_grad():
+            part_fn = PARTS[loss]  # the same components, recomputed without graph for the treg/* metrics
+            sig = inspect.signature(part_fn).parameters
+            kw = {k: v for k, v in params.items() if k in sig and k not in ("p", "t")}
+            extras = treg_metrics(part_fn(p, tokens, **kw), tokens)
+    else:
+        losses = fn(p, **loss_kwargs(loss, params))
     beta = float(params.get("beta", 0.1))
     with torch.no_grad():
         if loss in REFERENCE_FREE:
             rc, rr = simpo_rewards(p, beta)
         else:
             rc, rr = beta * (p.chosen - p.ref_chosen), beta * (p.rejected - p.ref_rejected)
-    return ObjectiveOut(losses, rc.detach(), rr.detach(), -p.chosen.sum())
+    return ObjectiveOut(losses, rc.detach(), rr.detach(), -p.chosen.sum(), extras)

@@ -26,3 +26,31 @@ class PairLogps:
         """Uniform reference (eric-mitchell ``reference_free``): ref terms drop out of h."""
         z = torch.zeros_like(self.chosen)
         return PairLogps(self.chosen, self.rejected, self.chosen_len, self.rejected_len, z, z)
+
+
+@dataclass
+class TokenTerms:
+    """Per-token inputs of the token-level losses (T-REG). Rows as in PairBatch: [0, B) chosen, [B, 2B) rejected.
+
+    logps: [2B, T-1] policy log pi_theta(y_t | x, y_<t), aligned with ``input_ids[:, 1:]``, 0 where masked
+           (differentiable; SeqLogps.token of the same forward that gives PairLogps).
+    mask:  [2B, T-1] bool, True at the scored response tokens (``completion_mask[:, 1:]``).
+    rhat:  [2B, T-1] constant token rewards r̂_t in (-0.5, 0.5), 0 where masked (no gradient).
+
+    Shapes must match exactly: a reward array is never broadcast onto a differently shaped mask (T-REG spec §8.10).
+    """
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    rhat: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not (self.logps.shape == self.mask.shape == self.rhat.shape):
+            raise ValueError(f"TokenTerms: logps {tuple(self.logps.shape)}, mask {tuple(self.mask.shape)} and rhat "
+                             f"{tuple(self.rhat.shape)} must have identical shapes (never broadcast)")
+        if self.logps.dim() != 2 or self.logps.shape[0] % 2:
+            raise ValueError(f"TokenTerms: expected [2B, T-1] tensors, got {tuple(self.logps.shape)}")
+
+    @property
+    def n_pairs(self) -> int:
+        return self.logps.shape[0] // 2

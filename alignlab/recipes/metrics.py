@@ -35,6 +35,9 @@ def step_metrics(rows: dict, step: int, lr: float, beta: float) -> dict:
         m["kl/ref_policy"] = torch.cat([rows["klc"], rows["klr"]]).mean().item()
     if "time/step_s" in rows:
         m["time/step_s"] = rows["time/step_s"]
+    for k in sorted(rows):  # T-REG (docs/metrics.md): per-pair values, averaged like the rewards
+        if k.startswith("treg/"):
+            m[k] = rows[k].mean().item()
     return m
 
 

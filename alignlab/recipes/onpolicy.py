@@ -50,7 +50,8 @@ def build_onpolicy_pairs(model, tokenizer, prompts: list[str], reward_fn: Callab
     if path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         meta = rows.pop(0)
-        pairs = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["source"]) for r in rows]
+        pairs = [TokenizedPair(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"], r["source"], r.get("prompt"),
+                               r.get("chosen"), r.get("rejected")) for r in rows]
         return pairs, rows, PairBuildReport(**(meta["report"] | {"cache_hit": True, "path": str(path)}))
     gens = generate(model, tokenizer, prompts, params, progress="on-policy samples")
     rewards = reward_fn([prompts[g.prompt_index] for g in gens], [g.text for g in gens], [g.finished for g in gens])
@@ -61,7 +62,7 @@ def build_onpolicy_pairs(model, tokenizer, prompts: list[str], reward_fn: Callab
             continue
         gb, gw = gens[b], gens[w]
         src = f"onpolicy[{i}]"
-        pairs.append(TokenizedPair(gb.prompt_ids, gb.completion_ids, gw.completion_ids, src))
+        pairs.append(TokenizedPair(gb.prompt_ids, gb.completion_ids, gw.completion_ids, src, prompts[i], gb.text, gw.text))
         rows.append({"source": src, "prompt": prompts[i], "chosen": gb.text, "rejected": gw.text,
                      "chosen_reward": rewards[b], "rejected_reward": rewards[w], "prompt_ids": gb.prompt_ids,
                      "chosen_ids": gb.completion_ids, "rejected_ids": gw.completion_ids})

@@ -26,9 +26,9 @@ from alignlab.config import save_config
 from alignlab.data.collate import collate_pairs
 from alignlab.data.formats import load_preference_records
 from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
-from alignlab.losses import REFERENCE_FREE
+from alignlab.losses import REFERENCE_FREE, TOKEN_LEVEL
 from alignlab.losses.objective import preference_objective
-from alignlab.losses.types import PairLogps
+from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import apply_lora
 from alignlab.models.scorer import SequenceScorer
@@ -36,6 +36,7 @@ from alignlab.recipes.checkpoint import find_resume_dir, load_checkpoint, save_c
 from alignlab.recipes.metrics import MetricsLogger, step_metrics
 from alignlab.recipes.refcache import reference_key, reference_logps
 from alignlab.recipes.schedule import BatchPlan
+from alignlab.recipes.token_rewards import token_rewards_for_training
 from alignlab.recipes.train_config import TrainConfig
 
 
@@ -51,6 +52,7 @@ class TrainResult:
     metrics: list[dict]
     ref_cache_hit: bool
     model: object = None  # the trained model (PeftModel with LoRA), unwrapped from accelerate
+    treg_cache_hit: bool = False  # T-REG token rewards loaded from the cache (token-level losses only)
 
 
 def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
@@ -97,6 +99,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     needs_ref = not (cfg.reference_free or cfg.loss in REFERENCE_FREE)
     ref_table, ref_hit = None, False
     model.to(accelerator.device)
+    # T-REG token rewards (token-level losses only): scored once by the frozen reference (this model, before any
+    # adapter) or cfg.treg_scorer, cached like the reference log-probs; bad templates/tokenizers fail here.
+    token_table, treg_hit = None, False
+    if cfg.loss in TOKEN_LEVEL:
+        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs)
+        token_table, treg_hit = treg.rewards, treg.cache_hit
     if needs_ref:
         key = reference_key(pairs, model_fingerprint(model), cfg.dtype)
         ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
@@ -138,7 +146,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     bar = _progress(is_main, start_step, total_steps)
     for step in range(start_step, last_step):
         t0 = time.perf_counter()
-        rows = _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step)
+        rows = _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step,
+                           token_rewards=token_table)
         rows["time/step_s"] = time.perf_counter() - t0
         record = step_metrics(rows, step + 1, scheduler.get_last_lr()[0], cfg.resolved_beta)
         history.append(record)
@@ -161,7 +170,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     accelerator.end_training()
     trained = accelerator.unwrap_model(scorer).model
     trained.eval()
-    return TrainResult(run_dir, final_dir, last_step, history, ref_hit, trained)
+    return TrainResult(run_dir, final_dir, last_step, history, ref_hit, trained, treg_hit)
 
 
 def _progress(is_main: bool, start: int, total: int):
@@ -172,13 +181,16 @@ def _progress(is_main: bool, start: int, total: int):
     return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
 
-def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step) -> tuple[dict, list]:
+def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step,
+                         token_rewards=None) -> tuple[dict, list]:
     """Forward/backward over this rank's micro-batches of one step (no optimizer step).
 
     Each micro-batch contributes sum(per-pair losses) * world / n_pairs_global (+ the SFT term over the
     global chosen-token count), so the accumulated gradient is the effective-batch mean however the batch
     is split over micro-batches and ranks (DDP averages over ranks, hence * world). Returns the per-pair
     tensors for metrics and the sources of any micro-batch whose loss was not finite.
+    Token-level losses (T-REG) also need ``token_rewards`` (per-pair (chosen, rejected) r̂ lists of the whole
+    dataset); only they ask the scorer for per-token log-probs, so other losses run unchanged.
     """
     micro = plan.micro_batches(step, accelerator.process_index)
     global_idx = plan.global_batch(step)
@@ -188,14 +200,19 @@ def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_i
     loss_params = cfg.loss_params()
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "rc", "rr", "lc", "lr", "nc", "nr", "klc", "klr")}
     bad_local = []
+    token_level = cfg.loss in TOKEN_LEVEL
+    if token_level and token_rewards is None:
+        raise ValueError(f"loss {cfg.loss!r} needs token rewards (recipes.token_rewards)")
     for j, idx in enumerate(micro):
-        batch = collate_pairs([pairs[i] for i in idx], idx, pad_id, ref_table).to(accelerator.device)
+        batch = collate_pairs([pairs[i] for i in idx], idx, pad_id, ref_table,
+                              token_rewards if token_level else None).to(accelerator.device)
         sync = j == len(micro) - 1
         ctx = contextlib.nullcontext() if sync else accelerator.no_sync(scorer)
         with ctx:
-            out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask)
+            out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
             pl = _pair_logps(out, batch.n_pairs, batch.ref_logps)
-            obj = preference_objective(pl, cfg.loss, loss_params, cfg.reference_free)
+            tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
+            obj = preference_objective(pl, cfg.loss, loss_params, cfg.reference_free, tokens)
             loss = obj.losses.sum() * world / n_global
             if cfg.sft_weight > 0:
                 loss = loss + cfg.sft_weight * obj.sft_nll_sum * world / chosen_tokens
@@ -209,15 +226,19 @@ def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_i
         keep["lr"].append(pl.rejected.detach())
         keep["nc"].append(pl.chosen_len.float())
         keep["nr"].append(pl.rejected_len.float())
+        for k, v in obj.extras.items():  # treg/* per-pair metrics
+            keep.setdefault(k, []).append(v)
         if pl.ref_chosen is not None:
             keep["klc"].append((pl.ref_chosen - pl.chosen).detach())
             keep["klr"].append((pl.ref_rejected - pl.rejected).detach())
     return keep, bad_local
 
 
-def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step) -> dict:
+def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step,
+                token_rewards=None) -> dict:
     """One optimizer step; returns gathered per-pair tensors for metrics."""
-    keep, bad_local = accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step)
+    keep, bad_local = accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step,
+                                           token_rewards=token_rewards)
     grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
     if not torch.isfinite(torch.as_tensor(grad_norm)):
         optimizer.zero_grad(set_to_none=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from alignlab.losses import LOSSES
 
-DEFAULT_BETA = {"simpo": 2.0}  # every other loss: 0.1 (TRL's default); SimPO reference implementation: 2.0
+DEFAULT_BETA = {"simpo": 2.0, "simpo_treg": 2.0}  # every other loss: 0.1 (TRL's default); SimPO reference implementation: 2.0
 
 
 @dataclass
@@ -21,7 +21,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     dtype: str = "float32"
     # objective
-    loss: str = "dpo"  # dpo | dpo_norm | cdpo | ipo | slic | hinge | rdpo | simpo
+    loss: str = "dpo"  # dpo | dpo_norm | cdpo | ipo | slic | hinge | rdpo | simpo | dpo_treg | simpo_treg
     beta: float | None = None  # None: 0.1 (2.0 for simpo)
     label_smoothing: float = 0.0  # cdpo / simpo epsilon
     beta_convention: str = "azar"  # ipo: azar | gpo
@@ -30,6 +30,11 @@ class TrainConfig:
     gamma_beta_ratio: float = 0.25  # simpo gamma / beta
     sft_weight: float = 0.0  # + token-mean NLL on chosen
     reference_free: bool = False
+    # T-REG (loss=dpo_treg | simpo_treg; specs/treg.md)
+    alpha: float = 0.25  # T-REG regulariser weight (paper grid 0.1/0.25/0.5); 0 = plain DPO/SimPO
+    treg_template: str = "revision"  # contrastive prompts: revision | generation | a .json/.yaml with better/worse
+    treg_scorer: str | None = None  # model scoring the token rewards (same tokenizer); None = the reference
+    treg_weighting: str = "dpo"  # sequence weight: dpo (sigma(r_l - r_w), detached) | static (0.5, ablation)
     # parameter-efficient fine-tuning
     lora: bool = True
     lora_r: int = 16
@@ -71,6 +76,17 @@ class TrainConfig:
             raise ValueError("per_device_batch_size and grad_accum must be >= 1")
         if self.on_bad not in ("error", "skip"):
             raise ValueError("on_bad must be 'error' or 'skip'")
+        self._validate_treg()
+
+    def _validate_treg(self) -> None:
+        from alignlab.losses.treg import WEIGHTINGS
+        from alignlab.recipes.token_rewards import resolve_template
+
+        if not (self.alpha >= 0.0 and self.alpha < float("inf")):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        if self.treg_weighting not in WEIGHTINGS:
+            raise ValueError(f"treg_weighting must be one of {WEIGHTINGS}, got {self.treg_weighting!r}")
+        resolve_template(self.treg_template)  # unknown name, missing {prompt}, unequal placeholders: error now
 
     @property
     def resolved_beta(self) -> float:
@@ -79,4 +95,4 @@ class TrainConfig:
     def loss_params(self) -> dict:
         return dict(beta=self.resolved_beta, label_smoothing=self.label_smoothing, beta_convention=self.beta_convention,
                     ipo_reduction=self.ipo_reduction, length_alpha=self.length_alpha,
-                    gamma_beta_ratio=self.gamma_beta_ratio)
+                    gamma_beta_ratio=self.gamma_beta_ratio, alpha=self.alpha, weighting=self.treg_weighting)
