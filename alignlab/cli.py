@@ -24,7 +24,12 @@ def _config_help(cls) -> str:
     hints = typing.get_type_hints(cls)
     lines = ["config keys (default):"]
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
         t = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
         lines.append(f"  {f.name:24s} {t:16s} {default!r}")
     return "\n".join(lines)

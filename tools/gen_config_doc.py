@@ -15,7 +15,8 @@ def table(cls):
     for f in dataclasses.fields(cls):
         t = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
         meaning = c.get(f.name, "").replace(" | ", " or ")
-        rows.append(f"| `{f.name}` | {t} | `{f.default!r}` | {meaning} |")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        rows.append(f"| `{f.name}` | {t} | `{default!r}` | {meaning} |")
     return "\n".join(rows)
 print("""# Configuration reference
 

@@ -18,9 +18,17 @@ COLUMNS = [("method", "method"), ("gold", "gold"), ("gold_se", "± se"), ("win_r
            ("finished", "ended"), ("distinct2", "distinct-2")]
 
 
+def _cell(row: dict, key: str) -> str:
+    """Seed-aggregated rows carry `<key>_sd` (spread over seeds): shown as `mean ±sd`."""
+    sd = row.get(f"{key}_sd")
+    if sd and row.get(key) is not None and key not in ("gold_se", "diff_se"):
+        return f"{_fmt(row[key])} ±{sd:.3f}"
+    return _fmt(row.get(key))
+
+
 def format_table(rows: list[dict]) -> str:
     head = [c[1] for c in COLUMNS]
-    body = [[_fmt(r.get(k)) for k, _ in COLUMNS] for r in rows]
+    body = [[_cell(r, k) for k, _ in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

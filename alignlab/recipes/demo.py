@@ -2,27 +2,33 @@
 
 1. load the built-in model (SmolLM2-135M-Instruct from its GGUF, cached as safetensors);
 2. build on-policy pairs on train prompts: k samples each, ranked by the gold reward (cached);
-3. train DPO with LoRA (reference log-probs cached; reference = adapter disabled);
-4. evaluate base vs aligned on held-out prompts with the shared harness; print the table; write the report.
+3. for each training method and seed: train with LoRA on the same pairs and budget (reference log-probs and
+   T-REG token rewards computed once, cached); evaluate on held-out prompts with the shared harness;
+4. decoding-time methods (no training) on a prompt subset, when enabled;
+5. print the table (trained methods: mean ± spread over seeds) and write the report.
+Cached artefacts (model, pairs, reference log-probs, token rewards, generations keyed by model fingerprint)
+make a second run faster; training itself always reruns.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from alignlab.config import save_config
-from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
+from alignlab.eval.harness import MethodResult, mean_se, result_from_generations, score_generations, summarize
 from alignlab.eval.report import format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
+from alignlab.recipes.gencache import cached_generate
 from alignlab.recipes.onpolicy import build_onpolicy_pairs
 from alignlab.recipes.train import train
 from alignlab.recipes.train_config import TrainConfig
-from alignlab.rollout.generate import SamplingParams, generate
+from alignlab.rollout.generate import SamplingParams
 from alignlab.task.gold import GoldReward
 from alignlab.task.prompts import load_task_prompts
 
@@ -31,7 +37,7 @@ from alignlab.task.prompts import load_task_prompts
 class DemoConfig:
     model: str = "smollm2-135m-instruct"
     output_dir: str = "runs/demo"
-    seed: int = 0
+    seed: int = 0  # pairs and evaluation sampling
     threads: int = 0  # torch CPU threads; 0 = torch default
     # on-policy pairs
     train_prompts: int = 96
@@ -39,34 +45,46 @@ class DemoConfig:
     pair_max_new_tokens: int = 48
     pair_temperature: float = 0.8
     gen_batch_size: int = 16
-    # training (DPO + LoRA)
-    loss: str = "dpo"
+    # training: every method gets the same pairs, steps and LoRA; one run per seed
+    methods: list[str] = field(default_factory=lambda: ["dpo", "dpo_treg"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     beta: float = 0.1
+    alpha: float = 0.25  # T-REG regulariser weight
     learning_rate: float = 2e-4
     epochs: int = 2
     per_device_batch_size: int = 8
-    grad_accum: int = 1
     lora_r: int = 16
     lora_alpha: int = 32
-    gradient_checkpointing: bool = False  # 135M on CPU: memory is not the constraint, time is
     # evaluation
     eval_prompts: int = 80
     eval_max_new_tokens: int = 48
     eval_temperature: float = 0.7
-    eval_samples: int = 1
+    # decoding-time methods (no training), on the first `decoding_prompts` eval prompts
+    decoding: list[str] = field(default_factory=list)
+    decoding_prompts: int = 16
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 to form pairs")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
 
 
 def _texts(prompts) -> list[str]:
     return [p.instruction for p in prompts]
 
 
+class _Clock:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.parts: dict[str, float] = {}
+
+    def add(self, name: str, since: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - since
+
+
 def run_demo(cfg: DemoConfig) -> dict:
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    clock = _Clock()
     run_dir = Path(cfg.output_dir)
     save_config(cfg, run_dir)
     if cfg.threads > 0:
@@ -77,84 +95,139 @@ def run_demo(cfg: DemoConfig) -> dict:
     model, tok = load_model_and_tokenizer(cfg.model)
     fp = model_fingerprint(model)
     gold = GoldReward()
-    timings["load"] = time.perf_counter() - t
-
+    clock.add("load", t)
     train_p = load_task_prompts("train")[: cfg.train_prompts]
     eval_p = load_task_prompts("eval")[: cfg.eval_prompts]
+    prompts = _texts(eval_p)
+
     t = time.perf_counter()
     pair_params = SamplingParams(cfg.pair_max_new_tokens, cfg.pair_temperature, 1.0, cfg.samples_per_prompt,
                                  cfg.gen_batch_size, cfg.seed)
-    pairs, pair_rows, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
-    timings["pairs"] = time.perf_counter() - t
+    pairs, _, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
+    clock.add("pairs", t)
     print(f"[demo] on-policy pairs: {prep.pairs} from {prep.prompts} prompts x {cfg.samples_per_prompt} samples "
           f"({'cache hit' if prep.cache_hit else 'built'}; {prep.dropped_ties} prompts dropped as ties); "
           f"gold chosen {prep.chosen_reward_mean:.3f} vs rejected {prep.rejected_reward_mean:.3f}")
 
-    eval_params = SamplingParams(cfg.eval_max_new_tokens, cfg.eval_temperature, 1.0, cfg.eval_samples,
-                                 cfg.gen_batch_size, cfg.seed + 1)
+    eval_params = SamplingParams(cfg.eval_max_new_tokens, cfg.eval_temperature, 1.0, 1, cfg.gen_batch_size, cfg.seed + 1)
     t = time.perf_counter()
-    base_gens = generate(model, tok, _texts(eval_p), eval_params, progress="eval base")
-    base = result_from_generations("base", base_gens, gold, _texts(eval_p), kl=[0.0] * len(base_gens))
-    timings["eval_base"] = time.perf_counter() - t
+    base_gens = cached_generate(model, tok, prompts, eval_params, fp, progress="eval base")
+    base = result_from_generations("base", base_gens, gold, prompts, kl=[0.0] * len(base_gens))
+    clock.add("eval", t)
 
-    t = time.perf_counter()
-    tcfg = TrainConfig(model=cfg.model, loss=cfg.loss, beta=cfg.beta, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                       per_device_batch_size=cfg.per_device_batch_size, grad_accum=cfg.grad_accum, lora=True,
-                       lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, gradient_checkpointing=cfg.gradient_checkpointing,
-                       seed=cfg.seed, output_dir=str(run_dir / f"train_{cfg.loss}"), report_to="tensorboard",
-                       max_length=512, max_prompt_length=256, cpu=True)
-    result = train(tcfg, model=model, tokenizer=tok, pairs=pairs)
-    timings["train"] = time.perf_counter() - t
-    policy = result.model
-
-    t = time.perf_counter()
-    gens = generate(policy, tok, _texts(eval_p), eval_params, progress=f"eval {cfg.loss}")
-    pad = tok.pad_token_id
-    lp = score_generations(policy, gens, pad, cfg.eval_temperature)
-    with reference_mode(policy):
-        lr = score_generations(policy, gens, pad, cfg.eval_temperature)
-    aligned = result_from_generations(f"{cfg.loss} (LoRA)", gens, gold, _texts(eval_p), kl=[a - b for a, b in zip(lp, lr)])
-    timings["eval_aligned"] = time.perf_counter() - t
+    per_seed: dict[str, list[MethodResult]] = {}
+    train_info = {}
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            res, info = _train_and_eval(cfg, method, seed, pairs, prompts, eval_params, gold, clock)
+            per_seed.setdefault(method, []).append(res)
+            train_info[f"{method}/seed{seed}"] = info
 
     n = len(eval_p)
-    rows = [summarize(base, base, n), summarize(aligned, base, n)]
-    timings["total"] = time.perf_counter() - t_start
-    notes = _notes(cfg, prep, result, rows, timings)
-    samples = [{"prompt": eval_p[i].instruction, "base": base.texts[i], aligned.name: aligned.texts[i],
-                "gold base/aligned": f"{base.gold[i]:.3f} / {aligned.gold[i]:.3f}"} for i in range(min(4, n))]
-    report = write_report(run_dir, rows, "alignlab demo: DPO on the embedded task", notes, samples)
-    _dump_generations(run_dir, eval_p, base, aligned)
-    (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    rows = [summarize(base, base, n)]
+    seed_rows = []
+    for method, results in per_seed.items():
+        rs = [summarize(r, base, n) for r in results]
+        seed_rows += [r | {"seed": s} for r, s in zip(rs, cfg.seeds)]
+        rows.append(_aggregate(method, rs, results, base, n))
+
+    if cfg.decoding:
+        t = time.perf_counter()
+        rows += _decoding_rows(cfg, model, tok, eval_p[: cfg.decoding_prompts], gold)
+        clock.add("decoding", t)
+    clock.parts["total"] = time.perf_counter() - clock.t0
+    notes = _notes(cfg, prep, rows, train_info, clock.parts)
+    samples = [{"prompt": eval_p[i].instruction, "base": base.texts[i]}
+               | {m: r[0].texts[i] for m, r in per_seed.items()} for i in range(min(3, n))]
+    report = write_report(run_dir, rows, "alignlab demo: preference optimisation on the embedded task", notes, samples)
+    (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
+    (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
+    _dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
     print()
     print(format_table(rows))
     print()
     for line in notes:
         print("-", line)
     print(f"\nreport: {report}")
-    return {"rows": rows, "timings": timings, "report": str(report)}
+    return {"rows": rows, "seed_rows": seed_rows, "timings": clock.parts, "report": str(report)}
 
 
-def _notes(cfg: DemoConfig, prep, result, rows, timings) -> list[str]:
-    d, se = rows[1]["diff"], rows[1]["diff_se"]
-    verdict = "exceeds" if d > 2 * se else "does NOT exceed"
-    return [
-        f"seed {cfg.seed}; {rows[0]['n_prompts']} held-out prompts, {cfg.eval_samples} sample(s) each at temperature "
-        f"{cfg.eval_temperature}, max {cfg.eval_max_new_tokens} new tokens",
-        f"aligned - base gold = {d:.4f} ± {se:.4f} (s.e. of the paired difference): {verdict} 2 s.e.",
-        f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt, best vs worst by gold), "
-        f"{prep.dropped_ties} tie prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
-        f"training: {cfg.loss}, beta {cfg.beta}, LoRA r={cfg.lora_r}, lr {cfg.learning_rate}, {result.steps} steps; "
-        f"reference log-probs {'from cache' if result.ref_cache_hit else 'computed once'}",
-        "KL(π‖ref): mean over the aligned model's own samples of log π − log π_ref at the sampling temperature; "
-        "the base row is the reference itself (0 by definition)",
+def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eval_params, gold, clock):
+    t = time.perf_counter()
+    model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
+    tcfg = TrainConfig(model=cfg.model, loss=method, beta=cfg.beta, alpha=cfg.alpha, learning_rate=cfg.learning_rate,
+                       epochs=cfg.epochs, per_device_batch_size=cfg.per_device_batch_size, lora=True,
+                       lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, gradient_checkpointing=False, seed=seed,
+                       output_dir=str(Path(cfg.output_dir) / f"train_{method}_seed{seed}"), report_to="tensorboard",
+                       max_length=512, max_prompt_length=256, cpu=True)
+    result = train(tcfg, model=model, tokenizer=tok, pairs=pairs)
+    clock.add(f"train_{method}", t)
+    t = time.perf_counter()
+    policy = result.model
+    gens = cached_generate(policy, tok, prompts, eval_params, model_fingerprint(policy), progress=f"eval {method} s{seed}")
+    lp = score_generations(policy, gens, tok.pad_token_id, cfg.eval_temperature)
+    with reference_mode(policy):
+        lr = score_generations(policy, gens, tok.pad_token_id, cfg.eval_temperature)
+    res = result_from_generations(f"{method} s{seed}", gens, gold, prompts, kl=[a - b for a, b in zip(lp, lr)])
+    clock.add("eval", t)
+    last = result.metrics[-1]
+    return res, {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
+                 "final_margin": last["rewards/margins"]}
+
+
+def _aggregate(method: str, rows: list[dict], results: list[MethodResult], base: MethodResult, n: int) -> dict:
+    """Mean over seeds; `*_sd` = spread (sample s.d.) over seeds. gold_se/diff_se: s.e. over prompts of the
+    seed-averaged per-prompt values (the paired difference vs base uses the same prompts and sampling seed)."""
+    out = {"method": f"{method} ({len(rows)} seeds)", "n_seeds": len(rows)}
+    for key in ("gold", "win_rate", "diff", "kl", "length", "finished", "distinct2"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = statistics.fmean(vals) if vals else None
+        out[f"{key}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    per_prompt = [statistics.fmean(v) for v in zip(*[r.per_prompt(r.gold, n) for r in results])]
+    base_pp = base.per_prompt(base.gold, n)
+    out["gold_se"] = mean_se(per_prompt)[1]
+    out["diff"], out["diff_se"] = mean_se([a - b for a, b in zip(per_prompt, base_pp)])
+    out["kl_se"] = out["kl_sd"]
+    out["n_prompts"] = n
+    return out
+
+
+def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold) -> list[dict]:
+    from alignlab.recipes.decoding_eval import decoding_rows
+
+    return decoding_rows(model, tok, _texts(prompts), gold, methods=cfg.decoding, max_new_tokens=cfg.eval_max_new_tokens,
+                         seed=cfg.seed)
+
+
+def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
+    notes = [f"{rows[0]['n_prompts']} held-out prompts, one sample each at temperature {cfg.eval_temperature} "
+             f"(sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new tokens; training seeds {cfg.seeds}"]
+    for r in rows[1:]:
+        if r.get("n_seeds"):
+            verdict = "exceeds" if r["diff"] > 2 * r["diff_se"] else "does NOT exceed"
+            notes.append(f"{r['method']}: aligned - base gold = {r['diff']:.4f} ± {r['diff_se']:.4f} (s.e. of the "
+                         f"paired difference, seed-averaged) -> {verdict} 2 s.e.; spread over seeds: gold s.d. "
+                         f"{r['gold_sd']:.4f}, win-rate s.d. {r['win_rate_sd']:.3f}, KL s.d. {r['kl_sd']:.3f}")
+    notes += [
+        f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, best "
+        f"vs worst by gold), {prep.dropped_ties} tie prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
+        f"training (same pairs and budget for every method): LoRA r={cfg.lora_r}, lr {cfg.learning_rate}, beta "
+        f"{cfg.beta}, T-REG alpha {cfg.alpha}, {cfg.epochs} epochs; "
+        + "; ".join(f"{k}: {v['steps']} steps, final loss {v['final_loss']:.3f}" for k, v in train_info.items()),
+        "KL(π‖ref): mean over the method's own samples of log π − log π_ref at the sampling temperature "
+        "(trained rows: ± is the spread over seeds); base is the reference itself (0)",
         "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
     ]
+    return notes
 
 
 def _dump_generations(run_dir: Path, prompts, *results: MethodResult) -> None:
     with open(run_dir / "generations.jsonl", "w") as fh:
         for res in results:
-            k = len(res.gold) // len(prompts)
             for j, text in enumerate(res.texts):
-                fh.write(json.dumps({"method": res.name, "prompt_id": prompts[j // k].id, "text": text,
+                fh.write(json.dumps({"method": res.name, "prompt_id": prompts[j].id, "text": text,
                                      "gold": res.gold[j], "finished": res.finished[j]}) + "\n")
+
+
+def main(cfg: DemoConfig) -> None:
+    run_demo(cfg)
