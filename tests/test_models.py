@@ -205,3 +205,10 @@ def test_smollm2_alias(monkeypatch):
     assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+
+
+def test_lora_top_layers_only_adapts_last_blocks():
+    tok = tiny.tiny_tokenizer()
+    model = lora.apply_lora(tiny.tiny_causal_lm(tok, layers=4), r=4, top_layers=1)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.3." in n for n in names)

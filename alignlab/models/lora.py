@@ -25,14 +25,26 @@ def apply_lora(
     alpha: int = 32,
     dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
+    top_layers: int = 0,
 ) -> PeftModel:
     """Wrap ``model`` with a fresh trainable LoRA adapter (B=0, so outputs equal the base at init).
 
     ``"all-linear"`` targets every linear layer except the output head; pass an explicit list for
-    models with non-standard module names (e.g. mixture-of-experts).
+    models with non-standard module names (e.g. mixture-of-experts). ``top_layers`` > 0 restricts the
+    adapters to the last N transformer blocks.
     """
+    layers = None
+    if top_layers > 0:
+        # Adapters only in the last N blocks: nothing below them needs gradients, so autograd never
+        # back-propagates through the lower blocks (the backward pass costs ~N/L of a full one).
+        n_layers = model.config.num_hidden_layers
+        layers = list(range(max(0, n_layers - top_layers), n_layers))
+        if target_modules == "all-linear":  # peft needs explicit names together with layers_to_transform
+            head = model.get_output_embeddings()
+            target_modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                     if isinstance(m, torch.nn.Linear) and m is not head})
     config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules)
+                        target_modules=target_modules, layers_to_transform=layers)
     return get_peft_model(model, config)
 
 

@@ -114,7 +114,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
 
     if cfg.lora:
         targets = cfg.lora_target if cfg.lora_target == "all-linear" else cfg.lora_target.split(",")
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets)
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets,
+                           top_layers=cfg.lora_top_layers)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

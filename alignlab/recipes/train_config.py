@@ -41,6 +41,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"  # or comma list, e.g. q_proj,v_proj
+    lora_top_layers: int = 0  # > 0: adapters only in the last N blocks (backward stops there: cheaper steps)
     # optimisation
     learning_rate: float = 5e-5
     weight_decay: float = 0.0

@@ -1,0 +1,177 @@
+"""Decoding-time alignment rows for the demo / harness: every method on the embedded task's eval prompts.
+
+    res = decoding_rows(model, tok, gold, rollout_model=aligned)   # -> DecodingRows(rows, results, notes)
+
+Each row is ``alignlab.eval.harness.summarize`` of a MethodResult (gold reward ± s.e., win rate and paired
+difference vs greedy decoding on the same prompts) plus: diversity (spec §6, regex word tokens instead of
+NLTK), coherence (MiniLM cosine instead of SimCSE), the method's KL figure and its kind, and cost per
+generated token (wall ms, LM token-forwards, reward calls). Expensive methods (cd, tq-*) run on the first
+``subset`` prompts; their row says so and is compared with greedy on that same subset.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+from alignlab.decoding import decode, train_prefix_scorer
+from alignlab.decoding.metrics import coherence, diversity
+from alignlab.decoding.types import DecodeOutput
+from alignlab.eval.harness import MethodResult, summarize
+
+# A principle for Linear Alignment written for the embedded task (docs/gold_reward.md says what the gold
+# reward values): a direct, relevant answer of a few complete sentences, no repetition, no disclaimers.
+TASK_PRINCIPLE = ("Answer the request directly and helpfully in two to four complete sentences, stay on topic, "
+                  "do not repeat yourself, and do not add disclaimers.")
+
+ALL_METHODS = ("greedy", "sample", "best-of-n", "args", "cd", "tq-direct", "tq-indirect", "linear")
+
+
+@dataclass
+class DecodingEvalSettings:
+    """Small settings so all methods together fit the demo's time budget on a laptop CPU."""
+
+    prompts: int = 16  # eval prompts for the cheap methods (greedy, sample, best-of-n, args, linear)
+    subset: int = 8  # eval prompts for the expensive methods (cd, tq-direct, tq-indirect)
+    max_new_tokens: int = 32
+    k: int = 5  # candidates per step (args, cd, tq)
+    w: float = 1.0
+    n: int = 4  # best-of-n samples
+    horizon: int = 4  # tq-direct rollout tokens
+    indirect_horizon: int = 4
+    indirect_rollouts: int = 2
+    indirect_beta: float = 1.0
+    la_ratio: float = 3.0
+    principle: str = TASK_PRINCIPLE
+    cd_train_prompts: int = 24  # task train prompts for the prefix scorer
+    cd_samples: int = 2
+    batch_size: int = 8
+    seed: int = 0
+    methods: tuple = ALL_METHODS
+
+
+@dataclass
+class DecodingRows:
+    rows: list[dict]
+    results: list[MethodResult]
+    notes: list[str]
+    timings: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)  # method -> list[DecodeOutput]
+
+
+def standalone_models(peft_policy):
+    """(reference, aligned) plain models from a LoRA-wrapped policy: a copy with the adapter removed and a copy
+    with it merged. Decoding needs both as independent modules (TQ* runs them side by side)."""
+    ref = copy.deepcopy(peft_policy).unload()
+    aligned = copy.deepcopy(peft_policy).merge_and_unload()
+    return ref.eval(), aligned.eval()
+
+
+def _result(name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None) -> MethodResult:
+    texts = [o.text for o in outs]
+    g = gold(prompts, texts, [o.finished for o in outs])
+    kl = [o.kl if o.kl is not None else kl_default for o in outs]
+    return MethodResult(name, [float(x) for x in g], [len(o.completion_ids) for o in outs], [o.finished for o in outs],
+                        texts, None if any(v is None for v in kl) else kl)
+
+
+def _subset(res: MethodResult, n: int) -> MethodResult:
+    return MethodResult(res.name, res.gold[:n], res.lengths[:n], res.finished[:n], res.texts[:n],
+                        res.kl[:n] if res.kl is not None else None)
+
+
+def decoding_rows(model, tokenizer, gold=None, *, rollout_model=None, guide_reward=None, baseline_reward=None,
+                  settings: DecodingEvalSettings | None = None, prompts: list[str] | None = None,
+                  embedder=None) -> DecodingRows:
+    """Run every method of ``settings.methods`` and build one harness row each (see module docstring).
+
+    model: the reference policy π_ref (a plain module; see ``standalone_models`` for LoRA policies).
+    rollout_model: TQ*'s aligned baseline (e.g. the DPO model); None = π_ref itself (the training-free CD
+        baseline of spec §3, named so in the row).
+    guide_reward: the reward the methods optimise (default: the gold reward, which also judges -- optimistic,
+        see the notes); baseline_reward: tq-indirect's r_BL (default: gold without its length term, a
+        stand-in for "the reward the baseline was aligned to").
+    """
+    from alignlab.rewards import CachedEmbedder
+    from alignlab.task.gold import GoldReward
+    from alignlab.task.prompts import load_task_prompts
+
+    s = settings or DecodingEvalSettings()
+    if gold is None:
+        gold = GoldReward(embedder=CachedEmbedder())
+    guide = guide_reward or gold
+    if baseline_reward is None:
+        baseline_reward = GoldReward(embedder=gold.embedder if hasattr(gold, "embedder") else None, w_length=0.0)
+    prompts = prompts if prompts is not None else [p.instruction for p in load_task_prompts("eval")]
+    prompts = prompts[:s.prompts]
+    sub = prompts[:s.subset]
+    common = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed)
+    ro = rollout_model if rollout_model is not None else model
+    ro_name = "aligned" if rollout_model is not None else "π_ref"
+    plan = {
+        "greedy": ("greedy", prompts, {}, {}),
+        "sample": ("sample", prompts, {}, {}),
+        "best-of-n": (f"best-of-{s.n}", prompts, dict(n=s.n), dict(reward=guide)),
+        "args": (f"args k={s.k}", prompts, dict(k=s.k, w=s.w), dict(reward=guide)),
+        "cd": (f"cd k={s.k}", sub, dict(k=s.k, w=s.w), {}),
+        "tq-direct": (f"tq-direct k={s.k} H={s.horizon} (rollouts: {ro_name})", sub,
+                      dict(k=s.k, w=s.w, horizon=s.horizon), dict(reward=guide, rollout_model=ro)),
+        "tq-indirect": (f"tq-indirect k={s.k} H={s.indirect_horizon} M={s.indirect_rollouts}", sub,
+                        dict(k=s.k, w=s.w, horizon=s.indirect_horizon, rollouts=s.indirect_rollouts, beta=s.indirect_beta),
+                        dict(reward=guide, rollout_model=ro, baseline_reward=baseline_reward)),
+        "linear": (f"linear ratio={s.la_ratio:g}", prompts, dict(ratio=s.la_ratio, principle=s.principle), {}),
+    }
+    rows, results, timings, outputs = [], [], {}, {}
+    notes = []
+    base_full: MethodResult | None = None
+    methods = ["greedy"] + [m for m in s.methods if m != "greedy"]  # greedy first: it is every row's baseline
+    for method in methods:
+        name, ps, params, kw = plan[method]
+        t0 = time.perf_counter()
+        if method == "cd":
+            scorer, rep = train_prefix_scorer(model, tokenizer, [p.instruction for p in load_task_prompts("train")]
+                                              [:s.cd_train_prompts], guide, samples_per_prompt=s.cd_samples,
+                                              max_new_tokens=s.max_new_tokens, seed=s.seed, batch_size=s.batch_size)
+            timings["cd_train"] = time.perf_counter() - t0
+            notes.append(f"cd: linear prefix scorer (ridge on the frozen model's final hidden states) fitted on "
+                         f"{rep['sequences']} sampled responses / {rep['prefixes']} prefixes of {s.cd_train_prompts} "
+                         f"train prompts in {rep['seconds']:.0f} s; held-out R² {rep['r2_heldout']:.2f}")
+            kw = dict(scorer=scorer)
+        outs = decode(model, tokenizer, ps, method, **kw, **params, **common)
+        timings[method] = time.perf_counter() - t0
+        outputs[method] = outs
+        res = _result(name, outs, gold, ps, kl_default=0.0 if method == "greedy" else None)
+        if method == "greedy":
+            base_full = res
+        base = base_full if len(ps) == len(prompts) else _subset(base_full, len(ps))
+        row = summarize(res, base, len(ps))
+        toks = max(sum(o.cost.new_tokens for o in outs), 1)
+        row.update({
+            "kl_kind": outs[0].kl_kind or ("reference decoder" if method == "greedy" else "-"),
+            "diversity": diversity(res.texts),
+            "coherence": coherence(ps, res.texts, embedder),
+            "ms_per_token": 1000 * sum(o.cost.wall_s for o in outs) / toks,
+            "lm_tokens_per_token": sum(o.cost.lm_tokens for o in outs) / toks,
+            "reward_calls_per_token": sum(o.cost.reward_calls for o in outs) / toks,
+            "seconds": timings[method],
+            "prompts_note": "all" if len(ps) == len(prompts) else f"first {len(ps)} of {len(prompts)} (expensive)",
+        })
+        if method == "best-of-n":
+            row["kl"], row["kl_se"] = outs[0].kl, 0.0
+        rows.append(row)
+        results.append(res)
+    notes += [
+        f"decoding rows: {len(prompts)} eval prompts (expensive methods: first {len(sub)}), {s.max_new_tokens} new "
+        f"tokens, seed {s.seed}; win rate / Δgold are against greedy decoding on the same prompts",
+        "the guiding reward is the gold reward that also judges the rows (best-of-n, args, tq-*, cd): optimistic -- a "
+        "held-out judge would show less gain" if guide is gold else "guiding reward differs from the gold judge",
+        f"tq-*: rollouts from {'the given aligned model' if rollout_model is not None else 'π_ref itself (training-free CD baseline, spec §3)'}; "
+        f"tq-indirect: r_BL = {getattr(baseline_reward, 'name', 'baseline reward')} "
+        f"{'(gold without the length term, a stand-in)' if getattr(baseline_reward, 'weights', {}).get('length') == 0.0 else ''}",
+        "kl column: best-of-n = analytic bound log N − (N−1)/N; args/cd/tq = Σ_t KL(π_alg‖top-k π_ref) of the decoding "
+        "distribution; linear = Σ_t KL(q_LA‖π_0 at T); sample = 0 (π_ref); not comparable to a trained policy's KL",
+        "diversity = Π_{n=2..4}(1 − rep_n/100) with regex word tokens (NLTK not used); coherence = cosine of MiniLM "
+        "prompt/response embeddings (SimCSE is not available offline)",
+        "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+    ]
+    return DecodingRows(rows, results, notes, timings, outputs)
