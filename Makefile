@@ -6,7 +6,7 @@ STAMP := $(VENV)/.alignlab-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo demo-seeds test test-fast bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,18 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/alignlab demo
 
+# DPO vs DPO+T-REG over 3 training seeds (mean ± spread); longer than the 15-minute demo budget.
+demo-seeds: setup
+	$(BIN)/alignlab demo seeds=0,1,2 decoding= output_dir=runs/demo_seeds
+
+# The heatmap test checks the HTML page in a real headless Chromium (Debian's package). Best effort: without
+# root or apt the test skips with its reason.
+browser:
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; }
+
 # Two pytest workers on two cores: one torch thread each (oversubscribed OpenMP threads spin and crawl).
-test: setup
+test: setup browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
 
 test-fast: $(STAMP)
