@@ -75,6 +75,17 @@ def token_reward_rows(pairs: list[TokenizedPair], rewards: list[tuple[list[float
     return out
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts for generation; returns (input_ids [N, T], attention_mask [N, T])."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+        attn[i, T - len(r):] = 1
+    return ids, attn
+
+
 def collate_pairs(pairs: list[TokenizedPair], indices: list[int], pad_id: int,
                   ref_logps: torch.Tensor | None = None,
                   token_rewards: list[tuple[list[float], list[float]]] | None = None) -> PairBatch:

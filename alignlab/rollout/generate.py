@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignlab.data.collate import left_pad
 from alignlab.data.tokenize import PairTokenizer
 from alignlab.data.types import Text
 
@@ -45,16 +46,6 @@ def stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        attn[i, T - len(r):] = 1
-    return ids, attn
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, pair_tokenizer: PairTokenizer | None = None,
              max_prompt_length: int = 512, progress: str | None = None) -> list[Generation]:
@@ -87,7 +78,7 @@ def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, pair
         starts = tqdm(starts, desc=progress, unit="batch", dynamic_ncols=True)
     for start in starts:
         ks = order[start : start + params.batch_size]
-        ids, attn = _left_pad([prompt_ids[jobs[k][0]] for k in ks], pad_id)
+        ids, attn = left_pad([prompt_ids[jobs[k][0]] for k in ks], pad_id)
         torch.manual_seed(params.seed * 1000003 + ks[0])
         sample = params.temperature > 0
         kw = dict(do_sample=sample, temperature=params.temperature, top_p=params.top_p, top_k=0) if sample else \
