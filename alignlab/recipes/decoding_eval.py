@@ -1,6 +1,6 @@
 """Decoding-time alignment rows for the demo / harness: every method on the embedded task's eval prompts.
 
-    res = decoding_rows(model, tok, gold, rollout_model=aligned)   # -> DecodingRows(rows, results, notes)
+    rows = decoding_rows(model, tok, prompts, gold, methods=["args", "linear"], rollout_model=aligned)  # a list of rows
 
 Each row is ``alignlab.eval.harness.summarize`` of a MethodResult (gold reward ± s.e., win rate and paired
 difference vs greedy decoding on the same prompts) plus: diversity (spec §6, regex word tokens instead of
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 from alignlab.decoding import decode, train_prefix_scorer
 from alignlab.decoding.metrics import coherence, diversity
@@ -29,34 +30,42 @@ ALL_METHODS = ("greedy", "sample", "best-of-n", "args", "cd", "tq-direct", "tq-i
 
 @dataclass
 class DecodingEvalSettings:
-    """Small settings so all methods together fit the demo's time budget on a laptop CPU."""
+    """Small settings so all methods together fit the demo's time budget on a 2-core CPU (docs/decoding.md).
 
-    prompts: int = 16  # eval prompts for the cheap methods (greedy, sample, best-of-n, args, linear)
-    subset: int = 8  # eval prompts for the expensive methods (cd, tq-direct, tq-indirect)
-    max_new_tokens: int = 32
+    w = 10 (α = 0.1), not the API default 1: the gold reward lies in about [0, 1] and one token changes it by
+    ~0.01-0.1, while the top-k candidates' log-probs differ by nats, so w = 1 leaves greedy decoding unchanged.
+    """
+
+    prompts: int = 12  # eval prompts for the cheap methods (greedy, sample, best-of-n, args, linear)
+    subset: int = 4  # eval prompts for the expensive methods (cd, tq-direct, tq-indirect)
+    max_new_tokens: int = 24
     k: int = 5  # candidates per step (args, cd, tq)
-    w: float = 1.0
+    w: float = 10.0  # guidance weight 1/α (args, cd, tq)
     n: int = 4  # best-of-n samples
-    horizon: int = 4  # tq-direct rollout tokens
-    indirect_horizon: int = 4
+    horizon: int = 3  # tq-direct rollout tokens
+    indirect_horizon: int = 2
     indirect_rollouts: int = 2
     indirect_beta: float = 1.0
     la_ratio: float = 3.0
     principle: str = TASK_PRINCIPLE
-    cd_train_prompts: int = 24  # task train prompts for the prefix scorer
-    cd_samples: int = 2
-    batch_size: int = 8
+    cd_train_prompts: int = 16  # task train prompts for the prefix scorer
+    cd_samples: int = 3
+    batch_size: int = 12
     seed: int = 0
     methods: tuple = ALL_METHODS
 
 
-@dataclass
-class DecodingRows:
-    rows: list[dict]
-    results: list[MethodResult]
-    notes: list[str]
-    timings: dict = field(default_factory=dict)
-    outputs: dict = field(default_factory=dict)  # method -> list[DecodeOutput]
+class DecodingRows(list):
+    """The harness rows -- a list, so ``rows += decoding_rows(...)`` works -- carrying the MethodResults, notes,
+    timings (s) and the raw outputs (method -> list[DecodeOutput])."""
+
+    def __init__(self, rows: list[dict], results: list[MethodResult], notes: list[str], timings: dict, outputs: dict):
+        super().__init__(rows)
+        self.results, self.notes, self.timings, self.outputs = results, notes, timings, outputs
+
+    @property
+    def rows(self) -> list[dict]:
+        return list(self)
 
 
 def standalone_models(peft_policy):
@@ -80,30 +89,40 @@ def _subset(res: MethodResult, n: int) -> MethodResult:
                         res.kl[:n] if res.kl is not None else None)
 
 
-def decoding_rows(model, tokenizer, gold=None, *, rollout_model=None, guide_reward=None, baseline_reward=None,
-                  settings: DecodingEvalSettings | None = None, prompts: list[str] | None = None,
-                  embedder=None) -> DecodingRows:
-    """Run every method of ``settings.methods`` and build one harness row each (see module docstring).
+def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None, *, methods=None,
+                  max_new_tokens: int | None = None, seed: int | None = None, rollout_model=None, guide_reward=None,
+                  baseline_reward=None, settings: DecodingEvalSettings | None = None, embedder=None) -> DecodingRows:
+    """Run every method of ``methods`` (default: all) and build one harness row each (see module docstring).
 
+    prompts: the eval prompt texts (default: the embedded task's first ``settings.prompts`` eval prompts); the
+        expensive methods use the first ``settings.subset`` of them. Greedy decoding always runs (first row):
+        it is every row's baseline.
+    gold: the judge (default: the gold reward). methods / max_new_tokens / seed override ``settings``.
     model: the reference policy π_ref (a plain module; see ``standalone_models`` for LoRA policies).
     rollout_model: TQ*'s aligned baseline (e.g. the DPO model); None = π_ref itself (the training-free CD
         baseline of spec §3, named so in the row).
-    guide_reward: the reward the methods optimise (default: the gold reward, which also judges -- optimistic,
-        see the notes); baseline_reward: tq-indirect's r_BL (default: gold without its length term, a
-        stand-in for "the reward the baseline was aligned to").
+    guide_reward: the reward the methods optimise (default: the judge itself -- optimistic, see the notes);
+        baseline_reward: tq-indirect's r_BL (default: gold without its length term, a stand-in for "the
+        reward the baseline was aligned to").
     """
     from alignlab.rewards import CachedEmbedder
     from alignlab.task.gold import GoldReward
     from alignlab.task.prompts import load_task_prompts
 
     s = settings or DecodingEvalSettings()
+    over = {k: v for k, v in dict(methods=tuple(methods) if methods else None, max_new_tokens=max_new_tokens,
+                                  seed=seed).items() if v is not None}
+    s = dataclasses.replace(s, **over)
+    unknown = sorted(set(s.methods) - set(ALL_METHODS))
+    if unknown:
+        raise ValueError(f"unknown decoding method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
     if gold is None:
         gold = GoldReward(embedder=CachedEmbedder())
     guide = guide_reward or gold
     if baseline_reward is None:
         baseline_reward = GoldReward(embedder=gold.embedder if hasattr(gold, "embedder") else None, w_length=0.0)
-    prompts = prompts if prompts is not None else [p.instruction for p in load_task_prompts("eval")]
-    prompts = prompts[:s.prompts]
+    if prompts is None:
+        prompts = [p.instruction for p in load_task_prompts("eval")][:s.prompts]
     sub = prompts[:s.subset]
     common = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed)
     ro = rollout_model if rollout_model is not None else model
@@ -137,6 +156,7 @@ def decoding_rows(model, tokenizer, gold=None, *, rollout_model=None, guide_rewa
                          f"{rep['sequences']} sampled responses / {rep['prefixes']} prefixes of {s.cd_train_prompts} "
                          f"train prompts in {rep['seconds']:.0f} s; held-out R² {rep['r2_heldout']:.2f}")
             kw = dict(scorer=scorer)
+            t0 = time.perf_counter()  # the row's time is decoding only; training is reported separately
         outs = decode(model, tokenizer, ps, method, **kw, **params, **common)
         timings[method] = time.perf_counter() - t0
         outputs[method] = outs
@@ -156,8 +176,14 @@ def decoding_rows(model, tokenizer, gold=None, *, rollout_model=None, guide_rewa
             "seconds": timings[method],
             "prompts_note": "all" if len(ps) == len(prompts) else f"first {len(ps)} of {len(prompts)} (expensive)",
         })
+        # "kl" keeps the harness meaning (KL of the output distribution to π_ref, nats per response): only
+        # best-of-n (its bound) and sampling π_ref (0) have one. Greedy-selected methods output one fixed
+        # response; their figure describes the decoding distribution along that path -> "kl_decoding".
+        row["kl_decoding"] = (sum(o.kl for o in outs) / len(outs)) if all(o.kl is not None for o in outs) else None
         if method == "best-of-n":
             row["kl"], row["kl_se"] = outs[0].kl, 0.0
+        elif not (method == "sample" and row.get("kl") == 0.0):
+            row["kl"], row["kl_se"] = None, None
         rows.append(row)
         results.append(res)
     notes += [
@@ -168,8 +194,9 @@ def decoding_rows(model, tokenizer, gold=None, *, rollout_model=None, guide_rewa
         f"tq-*: rollouts from {'the given aligned model' if rollout_model is not None else 'π_ref itself (training-free CD baseline, spec §3)'}; "
         f"tq-indirect: r_BL = {getattr(baseline_reward, 'name', 'baseline reward')} "
         f"{'(gold without the length term, a stand-in)' if getattr(baseline_reward, 'weights', {}).get('length') == 0.0 else ''}",
-        "kl column: best-of-n = analytic bound log N − (N−1)/N; args/cd/tq = Σ_t KL(π_alg‖top-k π_ref) of the decoding "
-        "distribution; linear = Σ_t KL(q_LA‖π_0 at T); sample = 0 (π_ref); not comparable to a trained policy's KL",
+        "kl column: best-of-n = analytic bound log N − (N−1)/N, sample = 0 (π_ref itself); empty for greedy-selected "
+        "methods, whose kl_decoding field is Σ_t KL(π_alg‖top-k π_ref) of the decoding distribution along the chosen "
+        "path (args/cd/tq) or Σ_t KL(q_LA‖π_0 at T) (linear) -- not comparable to a trained policy's KL",
         "diversity = Π_{n=2..4}(1 − rep_n/100) with regex word tokens (NLTK not used); coherence = cosine of MiniLM "
         "prompt/response embeddings (SimCSE is not available offline)",
         "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
