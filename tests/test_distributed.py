@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 import signal
 import socket
@@ -174,7 +175,8 @@ def test_uneven_dataset_finishes_on_both_ranks(tmp_path, assets):
     cp = _run(tmp_path / "uneven", assets["model"], assets["data11"], 2, "--per-device", "2", "--max-steps", "0")
     res, _ = _result(tmp_path / "uneven", cp, 2)
     assert res["steps"] == 2
-    assert "11 pairs, global batch 4, 2 steps/epoch (3 pairs/epoch left over)" in cp.stdout
+    assert re.search(r"11 pairs, 2 process\(es\) on cpu\S*, global batch 4, 2 steps/epoch \(3 pairs/epoch left over\)",
+                     cp.stdout), cp.stdout
     assert "rank 1/2 done after 2 steps" in cp.stdout and "rank 0/2 done after 2 steps" in cp.stdout
 
 

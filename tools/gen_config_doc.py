@@ -2,6 +2,8 @@
 import dataclasses, typing, re, inspect
 from alignlab.recipes.train_config import TrainConfig
 from alignlab.recipes.demo import DemoConfig
+from alignlab.recipes.generate import GenerateConfig
+from alignlab.recipes.heatmap import HeatmapConfig
 def comments(cls):
     src = inspect.getsource(cls)
     out = {}
@@ -40,6 +42,16 @@ Notes
 ## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
 
 """ + table(DemoConfig) + """
+
+## `alignlab generate` (`alignlab.recipes.generate.GenerateConfig`)
+
+Method parameters left unset take the method's defaults; see [decoding.md](decoding.md).
+
+""" + table(GenerateConfig) + """
+
+## `alignlab heatmap` (`alignlab.recipes.heatmap.HeatmapConfig`)
+
+""" + table(HeatmapConfig) + """
 
 ## Environment
 

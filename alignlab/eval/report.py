@@ -26,9 +26,17 @@ def _cell(row: dict, key: str) -> str:
     return _fmt(row.get(key))
 
 
-def format_table(rows: list[dict]) -> str:
-    head = [c[1] for c in COLUMNS]
-    body = [[_cell(r, k) for k, _ in COLUMNS] for r in rows]
+# decoding-time methods (no training): compared with greedy decoding of the reference on the same prompts
+DECODING_COLUMNS = [("method", "method"), ("gold", "gold"), ("gold_se", "± se"), ("win_rate", "win vs greedy"),
+                    ("diff", "Δgold"), ("diff_se", "± se"), ("kl", "KL bound"), ("length", "len (tok)"),
+                    ("diversity", "diversity"), ("coherence", "coherence"), ("ms_per_token", "ms/tok"),
+                    ("lm_tokens_per_token", "LM pos/tok"), ("reward_calls_per_token", "RM calls/tok"),
+                    ("n_prompts", "prompts")]
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    head = [c[1] for c in columns]
+    body = [[_cell(r, k) for k, _ in columns] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -61,13 +69,20 @@ def plot_results(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], samples: list[dict] | None = None) -> Path:
+def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], samples: list[dict] | None = None,
+                 decoding_rows: list[dict] | None = None, decoding_notes: list[str] | None = None) -> Path:
+    """report.md + report.png + results.json; decoding-time rows (if any) get their own table and
+    results_decoding.json, since their baseline is greedy decoding, not the sampled base model."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(rows, indent=2))
     png = plot_results(rows, run_dir / "report.png", title)
     md = [f"# {title}", "", format_table(rows), "", f"![results]({png.name})", ""]
     md += [f"- {n}" for n in notes]
+    if decoding_rows:
+        (run_dir / "results_decoding.json").write_text(json.dumps(decoding_rows, indent=2, default=str))
+        md += ["", "## Decoding-time alignment (no training)", "", format_table(decoding_rows, DECODING_COLUMNS), ""]
+        md += [f"- {n}" for n in decoding_notes or []]
     if samples:
         md += ["", "## Sample outputs", ""]
         for s in samples:

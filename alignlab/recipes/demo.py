@@ -21,10 +21,11 @@ import torch
 
 from alignlab.config import save_config
 from alignlab.eval.harness import MethodResult, mean_se, result_from_generations, score_generations, summarize
-from alignlab.eval.report import format_table, write_report
+from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
 from alignlab.recipes.gencache import cached_generate
+from alignlab.recipes.decoding_eval import ALL_METHODS, DecodingEvalSettings, decoding_rows, standalone_models
 from alignlab.recipes.onpolicy import build_onpolicy_pairs
 from alignlab.recipes.train import train
 from alignlab.recipes.train_config import TrainConfig
@@ -60,15 +61,21 @@ class DemoConfig:
     eval_prompts: int = 80
     eval_max_new_tokens: int = 40
     eval_temperature: float = 0.7
-    # decoding-time methods (no training), on the first `decoding_prompts` eval prompts
-    decoding: list[str] = field(default_factory=list)
-    decoding_prompts: int = 16
+    # decoding-time methods (no training). TQ* rollouts come from the first trained `dpo` policy when there is
+    # one (the paper's aligned baseline), else from the reference.
+    decoding: list[str] = field(default_factory=lambda: list(ALL_METHODS))  # empty (decoding=) = skip
+    decoding_prompts: int = 12  # first N eval prompts for the cheap decoding methods
+    decoding_subset: int = 4  # first N of those for the expensive ones (cd, tq-direct, tq-indirect)
+    decoding_max_new_tokens: int = 24
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 to form pairs")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        unknown = sorted(set(self.decoding) - set(ALL_METHODS))
+        if unknown:
+            raise ValueError(f"decoding: unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
 
 
 def _texts(prompts) -> list[str]:
@@ -118,9 +125,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     per_seed: dict[str, list[MethodResult]] = {}
     train_info = {}
+    aligned = None  # a plain (merged) copy of the first dpo policy: TQ*'s aligned baseline
     for method in cfg.methods:
         for seed in cfg.seeds:
-            res, info = _train_and_eval(cfg, method, seed, pairs, prompts, eval_params, gold, clock)
+            keep = bool(cfg.decoding) and aligned is None and method == "dpo"
+            res, info, policy = _train_and_eval(cfg, method, seed, pairs, prompts, eval_params, gold, clock, keep)
+            if keep:
+                aligned = policy
             per_seed.setdefault(method, []).append(res)
             train_info[f"{method}/seed{seed}"] = info
 
@@ -132,15 +143,17 @@ def run_demo(cfg: DemoConfig) -> dict:
         seed_rows += [r | {"seed": s} for r, s in zip(rs, cfg.seeds)]
         rows.append(_aggregate(method, rs, results, base, n))
 
+    drows = None
     if cfg.decoding:
         t = time.perf_counter()
-        rows += _decoding_rows(cfg, model, tok, eval_p[: cfg.decoding_prompts], gold)
+        drows = _decoding_rows(cfg, model, tok, eval_p[: cfg.decoding_prompts], gold, aligned)
         clock.add("decoding", t)
     clock.parts["total"] = time.perf_counter() - clock.t0
     notes = _notes(cfg, prep, rows, train_info, clock.parts)
     samples = [{"prompt": eval_p[i].instruction, "base": base.texts[i]}
                | {m: r[0].texts[i] for m, r in per_seed.items()} for i in range(min(3, n))]
-    report = write_report(run_dir, rows, "alignlab demo: preference optimisation on the embedded task", notes, samples)
+    report = write_report(run_dir, rows, "alignlab demo: preference optimisation on the embedded task", notes, samples,
+                          decoding_rows=drows.rows if drows else None, decoding_notes=drows.notes if drows else None)
     (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
     (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
     _dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
@@ -149,11 +162,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     print()
     for line in notes:
         print("-", line)
+    if drows:
+        print("\ndecoding-time alignment (no training; baseline = greedy decoding of the reference):\n")
+        print(format_table(drows.rows, DECODING_COLUMNS))
+        print()
+        for line in drows.notes:
+            print("-", line)
     print(f"\nreport: {report}")
-    return {"rows": rows, "seed_rows": seed_rows, "timings": clock.parts, "report": str(report)}
+    return {"rows": rows, "seed_rows": seed_rows, "decoding_rows": drows.rows if drows else [],
+            "timings": clock.parts, "report": str(report)}
 
 
-def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eval_params, gold, clock):
+def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eval_params, gold, clock, keep=False):
+    """Train one method/seed and evaluate it. keep=True also returns a merged plain copy of the policy."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
     tcfg = TrainConfig(model=cfg.model, loss=method, beta=cfg.beta, alpha=cfg.alpha, learning_rate=cfg.learning_rate,
@@ -173,8 +194,9 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     res = result_from_generations(f"{method} s{seed}", gens, gold, prompts, kl=[a - b for a, b in zip(lp, lr)])
     clock.add("eval", t)
     last = result.metrics[-1]
-    return res, {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
-                 "final_margin": last["rewards/margins"]}
+    info = {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
+            "final_margin": last["rewards/margins"]}
+    return res, info, (standalone_models(policy)[1] if keep else None)
 
 
 def _aggregate(method: str, rows: list[dict], results: list[MethodResult], base: MethodResult, n: int) -> dict:
@@ -194,11 +216,11 @@ def _aggregate(method: str, rows: list[dict], results: list[MethodResult], base:
     return out
 
 
-def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold) -> list[dict]:
-    from alignlab.recipes.decoding_eval import decoding_rows
-
-    return decoding_rows(model, tok, _texts(prompts), gold, methods=cfg.decoding, max_new_tokens=cfg.eval_max_new_tokens,
-                         seed=cfg.seed)
+def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold, aligned):
+    settings = DecodingEvalSettings(prompts=len(prompts), subset=cfg.decoding_subset,
+                                    max_new_tokens=cfg.decoding_max_new_tokens, seed=cfg.seed,
+                                    methods=tuple(cfg.decoding))
+    return decoding_rows(model.eval(), tok, _texts(prompts), gold, rollout_model=aligned, settings=settings)
 
 
 def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
