@@ -222,6 +222,22 @@ def _child_common(args):
     return sampler, ph
 
 
+def _step_end(ends: list, warmup: int, n_steps: int, ph, sampler, prof) -> None:
+    """Record a step's end (wall, CPU) and open/close the timed window: phases, RSS sampling and the profiler
+    cover the steps after the warm-up only (the profiler: the first timed step)."""
+    ends.append((time.perf_counter(), time.process_time()))
+    if len(ends) == warmup:
+        ph.on = True
+        sampler.open_window()
+        if prof is not None:
+            prof.__enter__()
+    elif len(ends) == warmup + 1 and prof is not None:
+        prof.__exit__(None, None, None)
+    if len(ends) == n_steps:
+        ph.on = False
+        sampler.close_window()
+
+
 def run_alignlab(args, data: dict) -> dict:
     sampler, ph = _child_common(args)
     import alignlab.recipes.train as T
@@ -252,17 +268,7 @@ def run_alignlab(args, data: dict) -> dict:
 
     def timed_step(*a, **k):
         out = orig_step(*a, **k)
-        ends.append((time.perf_counter(), time.process_time()))
-        if len(ends) == args.warmup:
-            ph.on = True
-            sampler.open_window()
-            if prof is not None:
-                prof.__enter__()
-        elif len(ends) == args.warmup + 1 and prof is not None:
-            prof.__exit__(None, None, None)
-        if len(ends) == n_steps:
-            ph.on = False
-            sampler.close_window()
+        _step_end(ends, args.warmup, n_steps, ph, sampler, prof)
         return out
 
     def timed_ref(*a, **k):
@@ -349,18 +355,8 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            ends.append((time.perf_counter(), time.process_time()))
             tokens.append(trainer._total_train_tokens)
-            if len(ends) == args.warmup:
-                ph.on = True
-                sampler.open_window()
-                if prof is not None:
-                    prof.__enter__()
-            elif len(ends) == args.warmup + 1 and prof is not None:
-                prof.__exit__(None, None, None)
-            if len(ends) == n_steps:
-                ph.on = False
-                sampler.close_window()
+            _step_end(ends, args.warmup, n_steps, ph, sampler, prof)
 
     trainer.add_callback(Timer())
     ph.hook_module(trainer.model.get_decoder(), "backbone forward (policy)")

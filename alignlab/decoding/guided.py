@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from alignlab.decoding.lm import LM, LMState
-from alignlab.decoding.loops import Ctx, Prepared, _finish, charge, make_generator, prefill
+from alignlab.decoding.loops import Ctx, Prepared, _finish, advance, charge, make_generator, prefill
 from alignlab.decoding.scores import (direct_q, draw, filter_logits, guided_scores, indirect_q, select, step_kl,
                                       topk_candidates)
 from alignlab.decoding.types import Cost, DecodeOutput, GuidedParams, StepInfo, TQParams
@@ -58,12 +58,7 @@ def run_rollouts(lm: LM, cst: LMState, cand_done: torch.Tensor, owners: list[int
             costs[row_owner[f]].rollout_tokens += 1
         if h == H - 1 or bool(stop.all()):
             break
-        if bool(stop.any()):
-            keep = (~stop).nonzero().view(-1)
-            st = lm.select(st, keep)
-            active = [active[i] for i in keep.tolist()]
-            tok = tok[keep]
-        st = lm.step(st, tok)
+        st, active = advance(lm, st, tok, stop, active)
         charge(costs, [row_owner[f] for f in active])
     return toks, fin
 

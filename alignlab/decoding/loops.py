@@ -112,14 +112,20 @@ def plain_loop(lm: LM, st: LMState, choose: Callable, ctx: Ctx, owners: list[int
             fin[r] = bool(stop[i])
         if t == max_new - 1 or bool(stop.all()):
             break
-        if bool(stop.any()):
-            keep = (~stop).nonzero().view(-1)
-            st = lm.select(st, keep)
-            active = [active[i] for i in keep.tolist()]
-            tok = tok[keep]
-        st = lm.step(st, tok)
+        st, active = advance(lm, st, tok, stop, active)
         charge(costs, [owners[r] for r in active], policy_steps=1)
     return out, fin
+
+
+def advance(lm: LM, st: LMState, tok: torch.Tensor, stop: torch.Tensor, active: list[int]) -> tuple[LMState, list[int]]:
+    """Drop the rows that just stopped (their cache rows too: finished rows cost nothing more), then feed the
+    chosen tokens of the rest. ``active`` maps state rows to the caller's row ids."""
+    if bool(stop.any()):
+        keep = (~stop).nonzero().view(-1)
+        st = lm.select(st, keep)
+        active = [active[i] for i in keep.tolist()]
+        tok = tok[keep]
+    return lm.step(st, tok), active
 
 
 def _finish(p: Prepared, method: str, ids: list[int], finished: bool, ctx: Ctx, cost: Cost, **kw) -> DecodeOutput:
