@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from alignlab.decoding import decode, train_prefix_scorer
 from alignlab.decoding.metrics import coherence, diversity
-from alignlab.decoding.types import DecodeOutput
+from alignlab.decoding.types import METHODS, DecodeOutput
 from alignlab.eval.harness import MethodResult, summarize
 
 # A principle for Linear Alignment written for the embedded task (docs/gold_reward.md says what the gold
@@ -25,7 +25,7 @@ from alignlab.eval.harness import MethodResult, summarize
 TASK_PRINCIPLE = ("Answer the request directly and helpfully in two to four complete sentences, stay on topic, "
                   "do not repeat yourself, and do not add disclaimers.")
 
-ALL_METHODS = ("greedy", "sample", "best-of-n", "args", "cd", "tq-direct", "tq-indirect", "linear")
+ALL_METHODS = METHODS  # every decoding method, in the registry's order
 
 
 @dataclass
@@ -68,12 +68,15 @@ class DecodingRows(list):
         return list(self)
 
 
+def merged_copy(peft_policy):
+    """The aligned policy as a plain module: a copy of the LoRA-wrapped policy with the adapter merged."""
+    return copy.deepcopy(peft_policy).merge_and_unload().eval()
+
+
 def standalone_models(peft_policy):
     """(reference, aligned) plain models from a LoRA-wrapped policy: a copy with the adapter removed and a copy
     with it merged. Decoding needs both as independent modules (TQ* runs them side by side)."""
-    ref = copy.deepcopy(peft_policy).unload()
-    aligned = copy.deepcopy(peft_policy).merge_and_unload()
-    return ref.eval(), aligned.eval()
+    return copy.deepcopy(peft_policy).unload().eval(), merged_copy(peft_policy)
 
 
 def _result(name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None) -> MethodResult:

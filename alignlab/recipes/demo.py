@@ -25,7 +25,7 @@ from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
 from alignlab.recipes.gencache import cached_generate
-from alignlab.recipes.decoding_eval import ALL_METHODS, DecodingEvalSettings, decoding_rows, standalone_models
+from alignlab.recipes.decoding_eval import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
 from alignlab.recipes.onpolicy import build_onpolicy_pairs
 from alignlab.recipes.train import train
 from alignlab.recipes.train_config import TrainConfig
@@ -196,7 +196,7 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     last = result.metrics[-1]
     info = {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
             "final_margin": last["rewards/margins"]}
-    return res, info, (standalone_models(policy)[1] if keep else None)
+    return res, info, (merged_copy(policy) if keep else None)
 
 
 def _aggregate(method: str, rows: list[dict], results: list[MethodResult], base: MethodResult, n: int) -> dict:
