@@ -45,12 +45,13 @@ def preference_objective(p: PairLogps, loss: str, params: dict, reference_free: 
     if loss in TOKEN_LEVEL:
         if tokens is None:
             raise ValueError(f"loss {loss!r} is token-level: it needs TokenTerms (per-token log-probs and token rewards)")
-        losses = fn(p, tokens, **loss_kwargs(loss, params))
-        with torch.no_grad():
-            part_fn = PARTS[loss]  # the same components, recomputed without graph for the treg/* metrics
-            sig = inspect.signature(part_fn).parameters
-            kw = {k: v for k, v in params.items() if k in sig and k not in ("p", "t")}
-            extras = treg_metrics(part_fn(p, tokens, **kw), tokens)
+        # fn(p, t, alpha, **kw) is PARTS[loss](p, t, **kw).total(alpha): build the parts once and take both the
+        # loss and the treg/* metrics (detached) from them.
+        kw = loss_kwargs(loss, params)
+        alpha = kw.pop("alpha", inspect.signature(fn).parameters["alpha"].default)
+        parts = PARTS[loss](p, tokens, **kw)
+        losses = parts.total(alpha)
+        extras = treg_metrics(parts, tokens)
     else:
         losses = fn(p, **loss_kwargs(loss, params))
     beta = float(params.get("beta", 0.1))
