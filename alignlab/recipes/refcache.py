@@ -57,19 +57,39 @@ def reference_logps(accelerator, scorer: SequenceScorer, pairs: list[TokenizedPa
     path = cache_dir() / "reflogps" / f"{key}.safetensors"
     if path.exists():
         return load_file(str(path))["ref_logps"], True, path
-    world, rank = accelerator.num_processes, accelerator.process_index
-    mine = list(range(rank, len(pairs), world))
+    mine = rank_shard(len(pairs), accelerator)
     was_training = scorer.training
     scorer.eval()
     table = torch.zeros(len(pairs), 2)
     if mine:
         table[mine] = compute_logps(scorer, pairs, mine, pad_id, batch_size, accelerator.device)
     scorer.train(was_training)
-    table = accelerator.reduce(table.to(accelerator.device), reduction="sum").cpu() if world > 1 else table
-    if accelerator.is_main_process:
+    table = sum_over_ranks(table, accelerator)
+    store_atomic(path, {"ref_logps": table}, accelerator)
+    return table, False, path
+
+
+def rank_shard(n: int, accelerator=None) -> list[int]:
+    """The items this rank computes (round-robin); all of them without an accelerator."""
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    return list(range(rank, n, world))
+
+
+def sum_over_ranks(t: torch.Tensor, accelerator=None) -> torch.Tensor:
+    """Join per-rank shards that are zero outside their own rows: one all-reduce (sum); a no-op on one process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return t
+    return accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+
+
+def store_atomic(path: Path, tensors: dict[str, torch.Tensor], accelerator=None) -> None:
+    """The main process writes ``path`` (safetensors) via a temp file + rename, so a crash never leaves a
+    half-written cache entry that a later run would trust; the other ranks wait for it."""
+    if accelerator is None or accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"ref_logps": table.contiguous()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    return table, False, path
+    if accelerator is not None:
+        accelerator.wait_for_everyone()

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from alignlab.data.collate import TokenRewardAlignmentError, pad_sequences
 from alignlab.data.tokenize import PairTokenizer, TokenizedPair
 from alignlab.losses.treg import token_rewards_from_logps
 from alignlab.models.loading import cache_dir, model_fingerprint, tokenizer_fingerprint
 from alignlab.models.scorer import SequenceScorer
-from alignlab.recipes.refcache import reference_key
+from alignlab.recipes.refcache import rank_shard, reference_key, store_atomic, sum_over_ranks
 
 
 class TemplateError(ValueError):
@@ -307,27 +306,18 @@ def cached_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template:
         d = load_file(str(path))
         if torch.equal(d["lengths"], expected):
             return TokenRewardResult(_unflatten(d["values"], d["lengths"]), True, path)
-    world = accelerator.num_processes if accelerator is not None else 1
-    rank = accelerator.process_index if accelerator is not None else 0
-    mine = list(range(rank, len(pairs), world))
+    mine = rank_shard(len(pairs), accelerator)
     res = compute_token_rewards(model, tokenizer, pairs, tpl, batch_size, max_length, mine,
                                 accelerator.device if accelerator is not None else None)
-    if world > 1:
+    if accelerator is not None and accelerator.num_processes > 1:  # every rank joins the all-reduce
         full: list[tuple[list[float], list[float]]] = [([0.0] * len(p.chosen_ids), [0.0] * len(p.rejected_ids))
                                                        for p in pairs]
         for k, r in zip(mine, res.rewards):
             full[k] = r
-        flat = _flatten(full)
-        flat = accelerator.reduce(flat.to(accelerator.device), reduction="sum").cpu()
+        flat = sum_over_ranks(_flatten(full), accelerator)
     else:
         flat = _flatten(res.rewards)
-    if accelerator is None or accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"values": flat.contiguous(), "lengths": expected}, str(tmp))
-        os.replace(tmp, path)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+    store_atomic(path, {"values": flat, "lengths": expected}, accelerator)
     return TokenRewardResult(_unflatten(flat, expected), False, path, res.forward_calls, res.rows)
 
 
