@@ -83,8 +83,11 @@ class HFRewardModel:
         return prompt + self.separator + response
 
     def encode(self, prompt: str, response: str) -> list[int]:
+        return self._ids(self.format(prompt, response))
+
+    def _ids(self, text: str) -> list[int]:
+        """Token ids of a formatted text (``format``), left-truncated to max_length."""
         tok = self.tokenizer
-        text = self.format(prompt, response)
         if tok.chat_template:
             ids = tok(text, add_special_tokens=False)["input_ids"]
             if self._auto_bos and ids[:1] != [tok.bos_token_id]:
@@ -100,7 +103,7 @@ class HFRewardModel:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         self.last_texts = [self.format(p, r) for p, r in zip(prompts, responses)]
-        rows = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        rows = [self._ids(t) for t in self.last_texts]  # format once: it runs the chat template
         device = next(self.model.parameters()).device
         out: list[float] = []
         for s in range(0, len(rows), self.batch_size):
