@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from alignlab.decoding import decode, train_prefix_scorer
 from alignlab.decoding.metrics import coherence, diversity
 from alignlab.decoding.types import METHODS, DecodeOutput
-from alignlab.eval.harness import MethodResult, summarize
+from alignlab.eval.harness import MethodResult, result_from_generations, summarize
 
 # A principle for Linear Alignment written for the embedded task (docs/gold_reward.md says what the gold
 # reward values): a direct, relevant answer of a few complete sentences, no repetition, no disclaimers.
@@ -80,11 +80,8 @@ def standalone_models(peft_policy):
 
 
 def _result(name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None) -> MethodResult:
-    texts = [o.text for o in outs]
-    g = gold(prompts, texts, [o.finished for o in outs])
     kl = [o.kl if o.kl is not None else kl_default for o in outs]
-    return MethodResult(name, [float(x) for x in g], [len(o.completion_ids) for o in outs], [o.finished for o in outs],
-                        texts, None if any(v is None for v in kl) else kl)
+    return result_from_generations(name, outs, gold, prompts, None if any(v is None for v in kl) else kl)
 
 
 def _subset(res: MethodResult, n: int) -> MethodResult:
