@@ -328,21 +328,23 @@ def token_rewards_for_pairs(model, tokenizer, pairs: list[TokenizedPair], templa
     return cached_token_rewards(model, tokenizer, pairs, template, batch_size, max_length).rewards
 
 
-def token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs: list[TokenizedPair]) -> TokenRewardResult:
+def token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs: list[TokenizedPair],
+                               model_fp: str | None = None) -> TokenRewardResult:
     """The train loop's entry: scorer = ``model`` as given (call before LoRA: the reference) unless
     ``cfg.treg_scorer`` names another frozen LM, which must share the tokenizer. Contexts + response are bounded
-    by 2 x max_length (the revision context holds the prompt and the response as the draft)."""
-    scorer_model, name = model, "reference"
+    by 2 x max_length (the revision context holds the prompt and the response as the draft). ``model_fp``: the
+    caller's model_fingerprint(model), if it has one (saves hashing the weights again)."""
+    scorer_model, name, scorer_fp = model, "reference", model_fp
     if cfg.treg_scorer:
         from alignlab.models.loading import load_model_and_tokenizer
 
         scorer_model, scorer_tok = load_model_and_tokenizer(cfg.treg_scorer, dtype=cfg.dtype,
                                                             trust_remote_code=cfg.trust_remote_code)
-        name = f"scorer {cfg.treg_scorer!r}"
+        name, scorer_fp = f"scorer {cfg.treg_scorer!r}", None
         check_same_tokenizer(tokenizer, scorer_tok, scorer_model, name)
         scorer_model.to(accelerator.device)
     res = cached_token_rewards(scorer_model, tokenizer, pairs, cfg.treg_template, cfg.ref_batch_size,
-                               2 * cfg.max_length, accelerator)
+                               2 * cfg.max_length, accelerator, scorer_fp)
     if accelerator.is_main_process:
         print(f"[alignlab] T-REG token rewards ({name}, template {cfg.treg_template}): "
               f"{'cache hit' if res.cache_hit else f'computed in {res.forward_calls} forward calls'} ({res.path})")

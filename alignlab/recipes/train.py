@@ -102,11 +102,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     # T-REG token rewards (token-level losses only): scored once by the frozen reference (this model, before any
     # adapter) or cfg.treg_scorer, cached like the reference log-probs; bad templates/tokenizers fail here.
     token_table, treg_hit = None, False
+    scores_here = needs_ref or (cfg.loss in TOKEN_LEVEL and not cfg.treg_scorer)
+    model_fp = model_fingerprint(model) if scores_here else None  # hashes every weight: once
     if cfg.loss in TOKEN_LEVEL:
-        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs)
+        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
         token_table, treg_hit = treg.rewards, treg.cache_hit
     if needs_ref:
-        key = reference_key(pairs, model_fingerprint(model), cfg.dtype)
+        key = reference_key(pairs, model_fp, cfg.dtype)
         ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
                                                        cfg.ref_batch_size)
         if is_main:
