@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from alignlab.config import save_config
-from alignlab.decoding.types import METHOD_PARAMS, METHODS
+from alignlab.decoding.types import METHOD_PARAMS, METHODS, Cost
 
 # Keys that map 1:1 onto method parameters; None = the method's default.
 _METHOD_KEYS = ("n", "return_all", "k", "w", "greedy", "temperature", "top_k", "top_p", "horizon", "rollouts",
@@ -171,15 +171,14 @@ def _scorer(cfg: GenerateConfig, model, tok, reward):
 
 def _summary(cfg, outs, decode_s, total_s, scorer_report) -> dict:
     n = len(outs)
-    toks = sum(o.cost.new_tokens for o in outs)
-    rewards = [o.reward for o in outs if o.reward is not None]
-    tot = {}
+    tot = Cost()
     for o in outs:
-        for k, v in vars(o.cost).items():
-            tot[k] = tot.get(k, 0) + v
-    s = {"method": cfg.method, "prompts": n, "new_tokens": toks, "finished": sum(o.finished for o in outs) / max(n, 1),
+        tot.add(o.cost)
+    rewards = [o.reward for o in outs if o.reward is not None]
+    s = {"method": cfg.method, "prompts": n, "new_tokens": tot.new_tokens,
+         "finished": sum(o.finished for o in outs) / max(n, 1),
          "mean_reward": sum(rewards) / len(rewards) if rewards else None, "reward": cfg.reward,
-         "per_token": {k: v / max(toks, 1) for k, v in tot.items() if k != "new_tokens"},
+         "per_token": tot.per_token(),
          "decode_seconds": decode_s, "total_seconds": total_s}
     if scorer_report:
         s["scorer"] = scorer_report
