@@ -11,7 +11,7 @@ minimum over repeats taken, because a shared machine's load drifts over minutes.
 2. ARGS (k = 10, gold reward) vs greedy: per-token latency, same prompts, 32 tokens.
 3. Transfer Q* direct (k = 10, one greedy rollout of 20 tokens per candidate, gold reward, rollout model =
    a separate copy of the model): alignlab (forked prefix caches, all rollouts of all prompts batched)
-   vs the paper repository's approach (alignlab.decoding.naive.naive_tq_direct: one prompt at a time,
+   vs the paper repository's approach (tests/naive_tq.py: one prompt at a time,
    the k sequences [x, y, z] re-encoded to start every step's rollouts), on HH-RLHF harmless-base test
    prompts (the paper's data; ../shared/data). Outputs are checked to be token-identical.
 """
@@ -30,10 +30,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the naive TQ* reference lives with the tests
 
 from alignlab.data.formats import load_preference_records  # noqa: E402
 from alignlab.decoding import decode  # noqa: E402
-from alignlab.decoding.naive import naive_tq_direct  # noqa: E402
+from naive_tq import naive_tq_direct  # noqa: E402
 from alignlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from alignlab.rewards import load_reward  # noqa: E402
 from alignlab.task.prompts import load_task_prompts  # noqa: E402

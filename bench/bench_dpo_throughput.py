@@ -165,7 +165,7 @@ def prepare_data(args, path: Path) -> dict:
     from alignlab.data.formats import load_preference_records
     from alignlab.data.tokenize import TokenizedPair, TokenizeReport, truncate_pair
     from alignlab.models.loading import resolve_model_path
-    from alignlab.recipes.schedule import BatchPlan
+    from alignlab.training.schedule import BatchPlan
 
     n_pairs = (args.warmup + args.steps) * args.batch
     tok = AutoTokenizer.from_pretrained(resolve_model_path(ALIAS))
@@ -286,7 +286,7 @@ def run_alignlab(args, data: dict) -> dict:
     losses = [m["loss"] for m in result.metrics]
     shutil.rmtree(out_dir, ignore_errors=True)
     sampler.stop()
-    from alignlab.recipes.schedule import BatchPlan
+    from alignlab.training.schedule import BatchPlan
 
     plan = BatchPlan(len(pairs), args.batch, 1, 1, SEED,
                      [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs])

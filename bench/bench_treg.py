@@ -31,9 +31,9 @@ from alignlab.data.tokenize import tokenize_pairs  # noqa: E402
 from alignlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from alignlab.models.lora import apply_lora  # noqa: E402
 from alignlab.models.scorer import SequenceScorer  # noqa: E402
-from alignlab.recipes.refcache import compute_logps  # noqa: E402
-from alignlab.recipes.schedule import BatchPlan  # noqa: E402
-from alignlab.recipes.token_rewards import compute_token_rewards  # noqa: E402
+from alignlab.precompute.reference import compute_logps  # noqa: E402
+from alignlab.training.schedule import BatchPlan  # noqa: E402
+from alignlab.precompute.token_rewards import compute_token_rewards  # noqa: E402
 from alignlab.recipes.train import accumulate_gradients  # noqa: E402
 from alignlab.recipes.train_config import TrainConfig  # noqa: E402
 

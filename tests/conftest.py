@@ -44,7 +44,7 @@ def make_pairs(tokenizer, n: int, seed: int = 0, max_words: int = 6):
 
 @pytest.fixture
 def tiny():
-    from alignlab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from tiny_models import tiny_causal_lm, tiny_tokenizer
 
     tok = tiny_tokenizer()
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ import torch
 
 from alignlab.decoding import decode, train_prefix_scorer
 from alignlab.decoding.lm import LM
-from alignlab.decoding.naive import naive_greedy, naive_tq_direct
+from naive_tq import naive_greedy, naive_tq_direct
 from alignlab.decoding.scores import bon_kl_bound
-from alignlab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.rewards import FunctionReward
 
 PROMPTS = ["hello there", "what is up with you today, friend?", "a", "zz top"]

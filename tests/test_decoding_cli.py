@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alignlab.cli import main as cli
-from alignlab.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 from alignlab.rewards import FunctionReward
 
 
@@ -65,7 +65,7 @@ class FakeEmbedder:
 
 
 def test_decoding_rows_smoke():
-    from alignlab.recipes.decoding_eval import DecodingEvalSettings, decoding_rows
+    from alignlab.eval.decoding_rows import DecodingEvalSettings, decoding_rows
 
     tok = tiny_tokenizer()
     m = tiny_causal_lm(tok, seed=0)

@@ -2,8 +2,8 @@
 report. Values are checked for internal consistency (the numbers in the report are the numbers returned)."""
 import json
 
-from alignlab.models.tiny import save_tiny
-from alignlab.recipes.decoding_eval import ALL_METHODS
+from tiny_models import save_tiny
+from alignlab.eval.decoding_rows import ALL_METHODS
 from alignlab.recipes.demo import DemoConfig, run_demo
 
 def test_demo_tiny_end_to_end(tmp_path):

@@ -54,7 +54,7 @@ def _write_pairs(path: Path, n: int, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from alignlab.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     d = tmp_path_factory.mktemp("dist_assets")
     return {"model": save_tiny(d / "tiny_model", seed=5), "data8": _write_pairs(d / "p8.jsonl", 8),

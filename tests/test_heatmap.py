@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
-from alignlab.recipes.heatmap import heatmap_data, render_html
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
+from alignlab.eval.heatmap import heatmap_data, render_html
 from test_treg import text_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@ import torch
 
 from alignlab.data.collate import pad_sequences
 from alignlab.models.scorer import SequenceScorer, position_ids_from_mask
-from alignlab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.ops.logprobs import completion_logps
 
 

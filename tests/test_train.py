@@ -8,9 +8,9 @@ from accelerate import Accelerator
 
 from alignlab.losses import LOSSES, TOKEN_LEVEL
 from alignlab.models.scorer import SequenceScorer
-from alignlab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from alignlab.recipes.refcache import compute_logps
-from alignlab.recipes.schedule import BatchPlan
+from tiny_models import tiny_causal_lm, tiny_tokenizer
+from alignlab.precompute.reference import compute_logps
+from alignlab.training.schedule import BatchPlan
 from alignlab.recipes.train import NonFiniteLossError, accumulate_gradients, train
 from alignlab.recipes.train_config import TrainConfig
 from conftest import make_pairs
@@ -135,7 +135,7 @@ def test_rdpo_without_alpha_fails_fast(tmp_path):
 
 def test_cli_train_on_jsonl(tmp_path):
     from alignlab.cli import main
-    from alignlab.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     model_dir = save_tiny(tmp_path / "tiny_model")
     data = tmp_path / "prefs.jsonl"

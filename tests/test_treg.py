@@ -15,10 +15,10 @@ from alignlab.losses import treg as T
 from alignlab.losses.objective import preference_objective
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.models.scorer import SequenceScorer
-from alignlab.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 from alignlab.recipes import token_rewards as TR
-from alignlab.recipes.refcache import compute_logps
-from alignlab.recipes.schedule import BatchPlan
+from alignlab.precompute.reference import compute_logps
+from alignlab.training.schedule import BatchPlan
 from alignlab.recipes.train import accumulate_gradients, train
 from alignlab.recipes.train_config import TrainConfig
 

@@ -208,7 +208,7 @@ def _reset(model, base):
 def _alignlab_step(parity, loss: str, lr: float):
     """One alignlab step: accumulate_gradients (the recipe's forward/backward) + the same plain SGD."""
     from alignlab.models.scorer import SequenceScorer
-    from alignlab.recipes.schedule import BatchPlan
+    from alignlab.training.schedule import BatchPlan
     from alignlab.recipes.train import _pair_logps, accumulate_gradients
     from alignlab.recipes.train_config import TrainConfig
     from alignlab.losses.objective import preference_objective

@@ -54,6 +54,12 @@ def _require_safetensors_adapter(adapter_path: str | Path) -> None:
         raise ValueError(f"{path} has no adapter_model.safetensors; alignlab does not unpickle adapter weights")
 
 
+def load_policy_adapter(model: torch.nn.Module, adapter_path: str | Path) -> PeftModel:
+    """A saved adapter on top of ``model``, frozen, for evaluation (safetensors only)."""
+    _require_safetensors_adapter(adapter_path)
+    return PeftModel.from_pretrained(model, str(adapter_path)).eval()
+
+
 def load_lora(model: torch.nn.Module, adapter_path: str | Path) -> PeftModel:
     """Continue training from an existing adapter (R9 mode 2).
 

@@ -24,9 +24,9 @@ from alignlab.eval.harness import MethodResult, mean_se, result_from_generations
 from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
-from alignlab.recipes.gencache import cached_generate
-from alignlab.recipes.decoding_eval import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
-from alignlab.recipes.onpolicy import build_onpolicy_pairs
+from alignlab.rollout.cache import cached_generate
+from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
+from alignlab.rollout.onpolicy import build_onpolicy_pairs
 from alignlab.recipes.train import train
 from alignlab.recipes.train_config import TrainConfig
 from alignlab.rollout.generate import SamplingParams

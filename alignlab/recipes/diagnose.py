@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignlab.recipes.metrics import read_metrics
+from alignlab.training.metrics import read_metrics
 
 
 def _trend(values: list[float]) -> float:

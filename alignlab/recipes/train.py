@@ -32,11 +32,11 @@ from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import apply_lora
 from alignlab.models.scorer import SequenceScorer
-from alignlab.recipes.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
-from alignlab.recipes.metrics import MetricsLogger, step_metrics
-from alignlab.recipes.refcache import reference_key, reference_logps
-from alignlab.recipes.schedule import BatchPlan
-from alignlab.recipes.token_rewards import token_rewards_for_training
+from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
+from alignlab.training.metrics import MetricsLogger, step_metrics
+from alignlab.precompute.reference import reference_key, reference_logps
+from alignlab.training.schedule import BatchPlan
+from alignlab.precompute.token_rewards import token_rewards_for_training
 from alignlab.recipes.train_config import TrainConfig
 
 

@@ -81,7 +81,7 @@ class TrainConfig:
 
     def _validate_treg(self) -> None:
         from alignlab.losses.treg import WEIGHTINGS
-        from alignlab.recipes.token_rewards import resolve_template
+        from alignlab.precompute.token_rewards import resolve_template
 
         if not (self.alpha >= 0.0 and self.alpha < float("inf")):
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")

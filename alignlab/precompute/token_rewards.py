@@ -30,7 +30,8 @@ from alignlab.data.tokenize import PairTokenizer, TokenizedPair
 from alignlab.losses.treg import token_rewards_from_logps
 from alignlab.models.loading import cache_dir, model_fingerprint, tokenizer_fingerprint
 from alignlab.models.scorer import SequenceScorer
-from alignlab.recipes.refcache import rank_shard, reference_key, store_atomic, sum_over_ranks
+from alignlab.precompute.cache import rank_shard, store_atomic, sum_over_ranks
+from alignlab.precompute.reference import reference_key
 
 
 class TemplateError(ValueError):
