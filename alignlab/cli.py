@@ -45,7 +45,7 @@ def _add(sub, name: str, cls, help_text: str, description: str):
 
 def main(argv: list[str] | None = None) -> int:
     from alignlab.recipes.demo import DemoConfig
-    from alignlab.recipes.train_config import TrainConfig
+    from alignlab.recipes.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="alignlab", description="Align language models to preferences.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -74,13 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "train":
-            from alignlab.recipes.train import train
+            from alignlab.recipes.train import main as train_main
 
-            cfg = build_config(TrainConfig, args.config, args.overrides)
-            if not cfg.data:
-                raise ConfigError("train needs data=PATH.jsonl | hf:org/name")
-            res = train(cfg)
-            print(f"done: {res.steps} steps; run directory {res.run_dir}")
+            train_main(build_config(TrainConfig, args.config, args.overrides))
         elif args.cmd == "demo":
             from alignlab.recipes.demo import run_demo
 

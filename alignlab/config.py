@@ -5,12 +5,10 @@ Every entry point owns one flat dataclass (no nesting), so a run's whole configu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
@@ -28,14 +26,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except (ConfigError, ValueError, TypeError) as e:
-                errors.append(str(e))
+            except (ConfigError, ValueError, TypeError):
+                continue
         raise ConfigError(f"config key {key!r}: cannot interpret {value!r} as {annotation}")
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -103,8 +100,18 @@ def config_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: Any) -> str:
-    return hashlib.sha256(json.dumps(config_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+def field_default(cls_or_cfg: Any, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls_or_cfg) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def reject_unread(cfg: Any, keys: Iterable[str], why: str) -> None:
+    """A key that the chosen method does not read must stay at its default (docs/conventions.md R11): raise a
+    ConfigError naming each offending key and value, and ``why`` (the method and the keys it does read)."""
+    bad = [k for k in keys if getattr(cfg, k) != field_default(cfg, k)]
+    if bad:
+        got = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad)
+        raise ConfigError(f"{got} is set but not read: {why}")
 
 
 def save_config(cfg: Any, run_dir: Path) -> Path:

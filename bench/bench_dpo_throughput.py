@@ -241,10 +241,11 @@ def _step_end(ends: list, warmup: int, n_steps: int, ph, sampler, prof) -> None:
 def run_alignlab(args, data: dict) -> dict:
     sampler, ph = _child_common(args)
     import alignlab.recipes.train as T
+    import alignlab.training.step as S
     from alignlab.data.tokenize import TokenizedPair, TokenizeReport, truncate_pair
     from alignlab.models.loading import load_model_and_tokenizer
     from alignlab.models.scorer import SequenceScorer
-    from alignlab.recipes.train_config import TrainConfig
+    from alignlab.recipes.train import TrainConfig
 
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(ALIAS, dtype="float32")
@@ -264,7 +265,7 @@ def run_alignlab(args, data: dict) -> dict:
     ends: list[tuple[float, float]] = []
     ref = {}
     prof = _profiler(args.profile)
-    orig_step, orig_ref = T._train_step, T.reference_logps
+    orig_step, orig_ref = S.train_step, T.reference_logps
 
     def timed_step(*a, **k):
         out = orig_step(*a, **k)
@@ -278,8 +279,8 @@ def run_alignlab(args, data: dict) -> dict:
         ref["hit"] = bool(res[1])
         return res
 
-    T._train_step, T.reference_logps = timed_step, timed_ref
-    T.accumulate_gradients = ph.wrap("fwd+bwd (accumulate_gradients, incl. collate)", T.accumulate_gradients)
+    S.train_step, T.reference_logps = timed_step, timed_ref
+    S.accumulate_gradients = ph.wrap("fwd+bwd (accumulate_gradients, incl. collate)", S.accumulate_gradients)
     SequenceScorer.forward = ph.wrap("scorer forward (backbone + LM head + log-probs)", SequenceScorer.forward)
     ph.hook_module(model.get_decoder(), "backbone forward (policy)")
     result = T.train(cfg, model, tok, pairs)

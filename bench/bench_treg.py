@@ -34,8 +34,8 @@ from alignlab.models.scorer import SequenceScorer  # noqa: E402
 from alignlab.precompute.reference import compute_logps  # noqa: E402
 from alignlab.training.schedule import BatchPlan  # noqa: E402
 from alignlab.precompute.token_rewards import compute_token_rewards  # noqa: E402
-from alignlab.recipes.train import accumulate_gradients  # noqa: E402
-from alignlab.recipes.train_config import TrainConfig  # noqa: E402
+from alignlab.training.step import accumulate_gradients  # noqa: E402
+from alignlab.recipes.train import TrainConfig  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_base_test.jsonl.gz"
 
@@ -92,7 +92,7 @@ def main() -> dict:
     def step(name):
         policy.zero_grad(set_to_none=True)
         t = time.perf_counter()
-        accumulate_gradients(cfgs[name], acc, scorer, plan, sub, sub_ref, tok.pad_token_id, 0,
+        accumulate_gradients(cfgs[name].step_settings(), acc, scorer, plan, sub, sub_ref, tok.pad_token_id, 0,
                              sub_rw if name == "dpo_treg" else None)
         return time.perf_counter() - t
 

@@ -32,18 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import alignlab.recipes.train as T
-    from alignlab.recipes.train_config import TrainConfig
+    import alignlab.training.step as S
+    from alignlab.recipes.train import TrainConfig
 
     if args.fail_rank >= 0:
-        orig = T._train_step
+        orig = S.train_step
 
-        def failing(cfg, accelerator, *rest, **kw):  # kw: token_rewards (T-REG), passed by keyword
+        def failing(settings, accelerator, *rest, **kw):  # kw: token_rewards (T-REG), passed by keyword
             step = rest[-1]
             if accelerator.process_index == args.fail_rank and step == args.fail_step:
                 raise RuntimeError(f"forced failure on rank {accelerator.process_index} at step index {step}")
-            return orig(cfg, accelerator, *rest, **kw)
+            return orig(settings, accelerator, *rest, **kw)
 
-        T._train_step = failing
+        S.train_step = failing
 
     out = Path(args.out)
     cfg = TrainConfig(model=args.model, data=args.data, output_dir=str(out / "run"), lora=bool(args.lora),

@@ -6,13 +6,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from alignlab.losses import LOSSES, TOKEN_LEVEL
+from alignlab.losses import LOSSES
 from alignlab.models.scorer import SequenceScorer
 from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.precompute.reference import compute_logps
 from alignlab.training.schedule import BatchPlan
-from alignlab.recipes.train import NonFiniteLossError, accumulate_gradients, train
-from alignlab.recipes.train_config import TrainConfig
+from alignlab.recipes.train import NonFiniteLossError, train
+from alignlab.training.step import accumulate_gradients
+from alignlab.recipes.train import TrainConfig
 from conftest import make_pairs
 
 
@@ -34,7 +35,7 @@ def _grads(loss: str, per_device: int, accum: int, extra: dict, dtype=torch.floa
     acc = Accelerator(cpu=True)
     scorer = SequenceScorer(model)
     plan = BatchPlan(8, per_device, accum, 1, 0, [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs])
-    keep, bad = accumulate_gradients(cfg, acc, scorer, plan, pairs, ref, tok.pad_token_id, 0)
+    keep, bad = accumulate_gradients(cfg.step_settings(), acc, scorer, plan, pairs, ref, tok.pad_token_id, 0)
     assert not bad
     return [p.grad.clone() for p in model.parameters()], keep
 
@@ -64,7 +65,7 @@ def test_grad_accumulation_invariance_fp32():
 
 def test_every_loss_is_covered_by_invariance_test():
     # token-level losses (T-REG) need token rewards: their invariance test is in tests/test_treg.py
-    assert {c[0] for c in LOSS_CASES} | {"hinge"} | TOKEN_LEVEL == set(LOSSES)
+    assert {c[0] for c in LOSS_CASES} | {"hinge"} | {n for n, s in LOSSES.items() if s.token_level} == set(LOSSES)
 
 
 def test_step0_invariants_and_metrics(tmp_path, tiny):

@@ -16,11 +16,12 @@ from alignlab.losses.objective import preference_objective
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.models.scorer import SequenceScorer
 from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
-from alignlab.recipes import token_rewards as TR
+from alignlab.precompute import token_rewards as TR
 from alignlab.precompute.reference import compute_logps
 from alignlab.training.schedule import BatchPlan
-from alignlab.recipes.train import accumulate_gradients, train
-from alignlab.recipes.train_config import TrainConfig
+from alignlab.recipes.train import train
+from alignlab.training.step import accumulate_gradients
+from alignlab.recipes.train import TrainConfig
 
 F64 = torch.float64
 
@@ -370,9 +371,9 @@ def _grads(loss, per_device, accum, rewards, extra):
                         8, "cpu")
     cfg = TrainConfig(loss=loss, per_device_batch_size=per_device, grad_accum=accum, alpha=0.5, **extra)
     plan = BatchPlan(8, per_device, accum, 1, 0, [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs])
-    keep, bad = accumulate_gradients(cfg, Accelerator(cpu=True), SequenceScorer(model), plan, pairs, ref,
+    keep, bad = accumulate_gradients(cfg.step_settings(), Accelerator(cpu=True), SequenceScorer(model), plan, pairs, ref,
                                      tok.pad_token_id, 0, rewards(pairs))
-    assert not bad and "treg/w" in keep
+    assert not bad and "treg/w" in keep.extras
     return [p.grad.clone() for p in model.parameters()]
 
 

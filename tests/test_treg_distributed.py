@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_distributed import TOL, _max_metric_diff, _max_param_diff, _result, _run, assets  # noqa: F401
+from test_distributed import PARAM_TOL, _max_param_diff, _result, _run, assets, metrics_close  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,10 @@ def test_dpo_treg_two_ranks_match_one_process(tmp_path, assets):  # noqa: F811
     r2, p2 = _result(tmp_path / "two", two, 2)
     r1, p1 = _result(tmp_path / "one", one, 1)
     rw1, rw2 = _rewards(tmp_path / "one"), _rewards(tmp_path / "two")
-    assert rw1.shape == rw2.shape and (rw1 - rw2).abs().max().item() < 1e-6 and rw1.abs().max() > 0
-    mdiff = _max_metric_diff(r1["metrics"], r2["metrics"])
-    assert all(v < TOL for v in mdiff.values()), mdiff
-    for k in ("treg/w", "treg/reg_chosen", "treg/rhat_mean_rejected"):
-        assert all(abs(a[k] - b[k]) < TOL for a, b in zip(r1["metrics"], r2["metrics"])), k
-    assert _max_param_diff(p1, p2) < TOL
+    # Token rewards lie in (-0.5, 0.5): an absolute tolerance is relative to their size.
+    assert rw1.shape == rw2.shape and (rw1 - rw2).abs().max().item() < 1e-5 and rw1.abs().max() > 0
+    # Summed log-probs of ~100 nats: compared relative to their size (fp32 rounding, CPU kernels differ).
+    bad = metrics_close(r1["metrics"], r2["metrics"])
+    bad += metrics_close(r1["metrics"], r2["metrics"], ("treg/w", "treg/reg_chosen", "treg/rhat_mean_rejected"))
+    assert not bad, bad
+    assert _max_param_diff(p1, p2) < PARAM_TOL

@@ -209,8 +209,8 @@ def _alignlab_step(parity, loss: str, lr: float):
     """One alignlab step: accumulate_gradients (the recipe's forward/backward) + the same plain SGD."""
     from alignlab.models.scorer import SequenceScorer
     from alignlab.training.schedule import BatchPlan
-    from alignlab.recipes.train import _pair_logps, accumulate_gradients
-    from alignlab.recipes.train_config import TrainConfig
+    from alignlab.training.step import accumulate_gradients, pair_logps
+    from alignlab.recipes.train import TrainConfig
     from alignlab.losses.objective import preference_objective
 
     model, pairs = parity["al_model"], parity["pairs"]
@@ -221,20 +221,20 @@ def _alignlab_step(parity, loss: str, lr: float):
     plan = BatchPlan(N_PAIRS, N_PAIRS, 1, 1, cfg.seed, [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs])
     scorer = SequenceScorer(model)
     model.train()
-    keep, bad = accumulate_gradients(cfg, parity["accelerator"], scorer, plan, pairs, parity["ref_table"],
+    keep, bad = accumulate_gradients(cfg.step_settings(), parity["accelerator"], scorer, plan, pairs, parity["ref_table"],
                                      parity["pad_id"], 0)
     assert not bad
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    loss0 = torch.cat(keep["loss"]).mean().item()
+    loss0 = keep.loss.mean().item()
 
     model.eval()
     b = parity["al_batch"]
     with torch.no_grad():
         out = scorer(b.input_ids, b.attention_mask, b.completion_mask)
         ref = torch.cat([parity["ref_table"][:, 0], parity["ref_table"][:, 1]])
-        obj = preference_objective(_pair_logps(out, N_PAIRS, ref), loss, cfg.loss_params())
+        obj = preference_objective(pair_logps(out, N_PAIRS, ref), loss, cfg.loss_params())
     return loss0, obj.losses.mean().item(), out.sum.float()
 
 

@@ -1,6 +1,6 @@
 """Regenerate docs/config.md from the config dataclasses: python tools/gen_config_doc.py > docs/config.md"""
 import dataclasses, typing, re, inspect
-from alignlab.recipes.train_config import TrainConfig
+from alignlab.recipes.train import TrainConfig
 from alignlab.recipes.demo import DemoConfig
 from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
@@ -26,7 +26,7 @@ Every entry point has one flat config dataclass. Values come from the defaults, 
 then `key=value` arguments (later wins); unknown keys are errors. The resolved config is written to
 `<output_dir>/config.yaml`, which can be passed back with `--config` to repeat a run.
 
-## `alignlab train` (`alignlab.recipes.train_config.TrainConfig`)
+## `alignlab train` (`alignlab.recipes.train.TrainConfig`)
 
 """ + table(TrainConfig) + """
 

@@ -1,20 +1,20 @@
 """The preference objective: per-pair loss + TRL-named reward metrics, from per-sequence log-probs.
 
-This is the single place where a preference gradient is defined; recipes only normalise and back-propagate.
-Normaliser convention (pitfalls R7): per-pair losses are summed here and divided by the number of pairs in
-the effective batch by the caller; the optional SFT term is a token-mean NLL over all chosen tokens of the
-effective batch (its normaliser is passed in).
+This is the single place where a preference gradient is defined; the training step only normalises and
+back-propagates. Normaliser convention (docs/conventions.md R7): per-pair losses are returned here and summed
+and divided by the number of pairs in the effective batch by the caller; the optional SFT term is a token-mean
+NLL over all chosen tokens of the effective batch (its normaliser is passed in by the caller too).
 """
+
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.losses import REFERENCE_FREE, TOKEN_LEVEL, get_loss, loss_kwargs
 from alignlab.losses.preference import simpo_rewards
-from alignlab.losses.treg import PARTS, treg_metrics
+from alignlab.losses.registry import LossSpec, get_loss
+from alignlab.losses.treg import DEFAULT_ALPHA, treg_metrics
 from alignlab.losses.types import PairLogps, TokenTerms
 
 
@@ -23,7 +23,7 @@ class ObjectiveOut:
     """losses: [B] per-pair preference loss (differentiable).
     chosen_rewards / rejected_rewards: [B] detached metric rewards (TRL meaning: beta * summed log-ratio;
     SimPO: beta * mean log-prob).
-    sft_nll_sum: scalar, summed NLL over chosen tokens (differentiable; 0 when unused).
+    sft_nll_sum: scalar, summed NLL over chosen tokens (differentiable).
     extras: name -> [B] detached per-pair metrics of token-level losses (``treg/*``); empty otherwise.
     """
 
@@ -34,29 +34,40 @@ class ObjectiveOut:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def preference_objective(p: PairLogps, loss: str, params: dict, reference_free: bool = False,
-                         tokens: TokenTerms | None = None) -> ObjectiveOut:
-    """``tokens`` (per-token policy log-probs, mask, token rewards) is required by, and only used for, the
-    token-level losses (TOKEN_LEVEL, i.e. T-REG); their sequence term uses ``p`` like every other loss."""
-    fn = get_loss(loss)
-    if reference_free and loss not in REFERENCE_FREE:
+def preference_objective(
+    p: PairLogps,
+    loss: str | LossSpec,
+    params: dict,
+    reference_free: bool = False,
+    tokens: TokenTerms | None = None,
+) -> ObjectiveOut:
+    """Per-pair loss of ``loss`` with ``params`` keyed by TrainConfig names: ``beta`` (default: the loss's own)
+    and any key the loss reads (``LossSpec.reads``; missing ones take the function's default). A key the loss
+    does not read is an error, never silently dropped (docs/conventions.md R11).
+
+    ``tokens`` (per-token policy log-probs, mask, token rewards) is required by, and only used for, the
+    token-level losses (T-REG); their sequence term uses ``p`` like every other loss.
+    """
+    spec = get_loss(loss) if isinstance(loss, str) else loss
+    unread = sorted(set(params) - set(spec.reads) - {"beta"})
+    if unread:
+        raise ValueError(f"loss {spec.name!r} does not read {unread}; it reads beta, {', '.join(spec.reads)}")
+    beta = float(params.get("beta", spec.default_beta))
+    if reference_free and not spec.reference_free:
         p = p.reference_free()
+    kw = spec.kwargs(params)
     extras: dict[str, torch.Tensor] = {}
-    if loss in TOKEN_LEVEL:
+    if spec.token_level:
         if tokens is None:
-            raise ValueError(f"loss {loss!r} is token-level: it needs TokenTerms (per-token log-probs and token rewards)")
-        # fn(p, t, alpha, **kw) is PARTS[loss](p, t, **kw).total(alpha): build the parts once and take both the
-        # loss and the treg/* metrics (detached) from them.
-        kw = loss_kwargs(loss, params)
-        alpha = kw.pop("alpha", inspect.signature(fn).parameters["alpha"].default)
-        parts = PARTS[loss](p, tokens, **kw)
-        losses = parts.total(alpha)
+            raise ValueError(f"loss {spec.name!r} is token-level: it needs TokenTerms (token log-probs and rewards)")
+        # Build the parts once: the loss and the treg/* metrics (detached) both come from them.
+        parts = spec.parts(p, tokens, beta=beta, **kw)
+        losses = parts.total(float(params.get("alpha", DEFAULT_ALPHA)))
         extras = treg_metrics(parts, tokens)
     else:
-        losses = fn(p, **loss_kwargs(loss, params))
-    beta = float(params.get("beta", 0.1))
+        losses = spec.fn(p, beta=beta, **kw)
     with torch.no_grad():
-        if loss in REFERENCE_FREE:
+        if spec.simpo_rewards:
             rc, rr = simpo_rewards(p, beta)
         else:
             rc, rr = beta * (p.chosen - p.ref_chosen), beta * (p.rejected - p.ref_rejected)

@@ -28,6 +28,7 @@ from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.ops.logprobs import masked_sum
 
 WEIGHTINGS = ("dpo", "static")
+DEFAULT_ALPHA = 0.25  # regulariser weight: the middle of the paper's grid {0.1, 0.25, 0.5}
 # Largest float32 strictly below 0.5: sigma(Delta) - 0.5 rounds to exactly +-0.5 in fp32 once |Delta| > ~17,
 # and the token reward is defined on the open interval (-0.5, 0.5) (spec §1.1).
 _HALF_OPEN = float(torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)))
@@ -99,7 +100,7 @@ def dpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 0.1, weighting: st
     return TregParts(seq, w, reg[:B], reg[B:])
 
 
-def dpo_treg(p: PairLogps, t: TokenTerms, beta: float = 0.1, alpha: float = 0.25, weighting: str = "dpo",
+def dpo_treg(p: PairLogps, t: TokenTerms, beta: float = 0.1, alpha: float = DEFAULT_ALPHA, weighting: str = "dpo",
              static_weight: float = 0.5, detach_weight: bool = True, reg_reduction: str = "sum") -> torch.Tensor:
     """DPO-REG (spec §2.4): -log sigma(beta*h) + alpha * sg(w) * (L_REG(y_w) + L_REG(y_l)), per pair [B].
 
@@ -126,7 +127,7 @@ def simpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_
 
 
 def simpo_treg(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_ratio: float = 0.25,
-               label_smoothing: float = 0.0, alpha: float = 0.25, weighting: str = "dpo", static_weight: float = 0.5,
+               label_smoothing: float = 0.0, alpha: float = DEFAULT_ALPHA, weighting: str = "dpo", static_weight: float = 0.5,
                detach_weight: bool = True) -> torch.Tensor:
     """SimPO-REG, our analogue (spec §2.5, [inferred]), per pair [B]:
 
@@ -139,8 +140,6 @@ def simpo_treg(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_ratio:
     return simpo_treg_parts(p, t, beta, gamma_beta_ratio, label_smoothing, weighting, static_weight,
                             detach_weight).total(alpha)
 
-
-PARTS = {"dpo_treg": dpo_treg_parts, "simpo_treg": simpo_treg_parts}
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import torch
 
 from alignlab.config import save_config
 from alignlab.eval.harness import MethodResult, mean_se, result_from_generations, score_generations, summarize
+from alignlab.losses import get_loss
 from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
@@ -28,7 +29,7 @@ from alignlab.rollout.cache import cached_generate
 from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
 from alignlab.rollout.onpolicy import build_onpolicy_pairs
 from alignlab.recipes.train import train
-from alignlab.recipes.train_config import TrainConfig
+from alignlab.recipes.train import TrainConfig
 from alignlab.rollout.generate import SamplingParams
 from alignlab.task.gold import GoldReward
 from alignlab.task.prompts import load_task_prompts
@@ -177,7 +178,8 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     """Train one method/seed and evaluate it. keep=True also returns a merged plain copy of the policy."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
-    tcfg = TrainConfig(model=cfg.model, loss=method, beta=cfg.beta, alpha=cfg.alpha, learning_rate=cfg.learning_rate,
+    treg = {"alpha": cfg.alpha} if "alpha" in get_loss(method).reads else {}  # only T-REG losses read alpha
+    tcfg = TrainConfig(model=cfg.model, loss=method, beta=cfg.beta, **treg, learning_rate=cfg.learning_rate,
                        epochs=cfg.epochs, per_device_batch_size=cfg.per_device_batch_size, lora=True,
                        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_top_layers=cfg.lora_top_layers,
                        gradient_checkpointing=False, seed=seed,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alignlab.eval.heatmap import heatmap_data, write_heatmap
 from alignlab.precompute.token_rewards import check_same_tokenizer
-from alignlab.recipes.train_config import DEFAULT_BETA
+from alignlab.losses import LOSSES
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _resolve(cfg: HeatmapConfig) -> dict:
             raise FileNotFoundError(f"{path}: not an `alignlab train` run directory")
         run = yaml.safe_load(path.read_text()) or {}
     pick = lambda key, run_key, default: getattr(cfg, key) if getattr(cfg, key) is not None else run.get(run_key) or default  # noqa: E731
-    beta = cfg.beta if cfg.beta is not None else run.get("beta") or DEFAULT_BETA.get(run.get("loss", ""), 0.1)
+    beta = cfg.beta if cfg.beta is not None else run.get("beta") or (LOSSES[run["loss"]].default_beta if run.get("loss") in LOSSES else 0.1)
     policy = cfg.adapter or (str(Path(cfg.run_dir) / "final") if cfg.run_dir else None)
     if policy is not None and not Path(policy).is_dir():
         raise FileNotFoundError(f"policy {policy}: no such directory (did the run finish?)")

@@ -1,19 +1,19 @@
-"""`alignlab train`: offline preference optimisation (DPO family, SimPO) on accelerate.
+"""`alignlab train`: offline preference optimisation (DPO family, SimPO, T-REG) on accelerate.
 
-One readable loop. The same code runs as 1 CPU process, N processes (`accelerate launch`) or on GPUs:
-- reference log-probs are computed once (cached on disk) before training; with LoRA the reference is the
-  base model with no adapter (one copy of the weights, pitfalls R9);
-- gradient accumulation is explicit: each micro-batch's summed per-pair loss is divided by the number of
-  pairs in the whole effective batch (x world, since DDP averages ranks), so the step's gradient does not
-  depend on how the batch is split (pitfalls R7). accelerate's own loss scaling is not used;
-- a non-finite gradient norm (identical on every rank after the all-reduce) stops the run before the
-  optimizer step, naming the step and the batch, so the last checkpoint stays intact.
+One readable loop; the same code runs as 1 CPU process, N processes (`accelerate launch`) or on GPUs:
+1. validate the config (a key the chosen loss does not read is an error) and read the data: an empty file or
+   fewer usable pairs than one global batch stops here, before any model loads;
+2. load the model, tokenize, and precompute what the loss needs once, cached on disk: reference log-probs
+   (with LoRA the reference is the base model before the adapter exists: one copy of the weights,
+   docs/conventions.md R9) and, for T-REG, the token rewards;
+3. wrap in LoRA, prepare with accelerate, resume if asked;
+4. for each step: ``alignlab.training.step.train_step`` (the one place the gradient is assembled), metrics,
+   checkpoints; then the final model in ``output_dir/final``.
 """
+
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,26 +22,127 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from alignlab.config import save_config
-from alignlab.data.collate import collate_pairs
+from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.formats import load_preference_records
 from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
-from alignlab.losses import REFERENCE_FREE, TOKEN_LEVEL
-from alignlab.losses.objective import preference_objective
-from alignlab.losses.types import PairLogps, TokenTerms
+from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
+from alignlab.losses.treg import DEFAULT_ALPHA, WEIGHTINGS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import apply_lora
 from alignlab.models.scorer import SequenceScorer
+from alignlab.precompute.reference import reference_key, reference_logps
+from alignlab.precompute.token_rewards import resolve_template, token_rewards_for_training
+from alignlab.training import step as step_lib
 from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
 from alignlab.training.metrics import MetricsLogger, step_metrics
-from alignlab.precompute.reference import reference_key, reference_logps
 from alignlab.training.schedule import BatchPlan
-from alignlab.precompute.token_rewards import token_rewards_for_training
-from alignlab.recipes.train_config import TrainConfig
+
+NonFiniteLossError = step_lib.NonFiniteLossError
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target", "lora_top_layers")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss or gradient is NaN/inf; names the step and the batch."""
+@dataclass
+class TrainConfig:
+    # model and data
+    model: str = "smollm2-135m-instruct"  # hub id, local path, or built-in alias
+    data: str = ""  # preference JSONL(.gz) (TRL or HH format), or hf:org/name[:config]
+    split: str = "train"
+    limit: int | None = None  # use at most this many pairs
+    on_bad: str = "error"  # malformed rows: "error" (default) or "skip" (counted)
+    max_length: int = 1024  # prompt + completion tokens
+    max_prompt_length: int = 512  # prompts keep their last tokens
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    # objective
+    loss: str = "dpo"  # a name of alignlab.losses.LOSSES (alignlab train --help lists them)
+    beta: float | None = None  # None: the loss's default (0.1; 2.0 for simpo, simpo_treg)
+    label_smoothing: float = 0.0  # cdpo / simpo epsilon
+    beta_convention: str = "azar"  # ipo: azar | gpo
+    ipo_reduction: str = "mean"  # ipo: mean (TRL parity) | sum (Eq. 17 as written, OpenRLHF)
+    length_alpha: float | None = None  # rdpo: required
+    gamma_beta_ratio: float = 0.25  # simpo gamma / beta
+    sft_weight: float = 0.0  # + token-mean NLL on chosen
+    reference_free: bool = False
+    # T-REG (loss=dpo_treg | simpo_treg; docs/treg.md)
+    alpha: float = DEFAULT_ALPHA  # T-REG regulariser weight (paper grid 0.1/0.25/0.5); 0 = plain DPO/SimPO
+    treg_template: str = "revision"  # contrastive prompts: revision | generation | a .json/.yaml with better/worse
+    treg_scorer: str | None = None  # model scoring the token rewards (same tokenizer); None = the reference
+    treg_weighting: str = "dpo"  # sequence weight: dpo (sigma(r_l - r_w), detached) | static (0.5, ablation)
+    # parameter-efficient fine-tuning
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"  # or comma list, e.g. q_proj,v_proj
+    lora_top_layers: int = 0  # > 0: adapters only in the last N blocks (backward stops there: cheaper steps)
+    # optimisation
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"  # any transformers.get_scheduler name
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    max_steps: int = -1  # > 0 overrides epochs
+    per_device_batch_size: int = 4  # pairs per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    # reference
+    ref_batch_size: int = 8  # pairs per forward of the reference / token-reward precompute
+    # output
+    output_dir: str = "runs/train"
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: only the final checkpoint
+    save_total_limit: int = 1
+    resume_from: str | None = None  # "latest" or a checkpoint directory
+    stop_after_steps: int | None = None  # stop (as if killed) after this step; the schedule is unchanged
+    report_to: str = "tensorboard"  # tensorboard | none
+    cpu: bool = False  # force CPU even when a GPU is visible
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss: unknown {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        spec = get_loss(self.loss)
+        for key in sorted(set(LOSS_KEYS) - set(spec.reads)):
+            readers = [n for n, s in LOSSES.items() if key in s.reads]
+            reject_unread(self, [key], f"loss={self.loss} does not read it (it reads beta, sft_weight, "
+                          f"{', '.join(spec.reads)}); losses that read {key}: {', '.join(readers)}")
+        if not self.lora:
+            reject_unread(self, LORA_KEYS, "lora=false does not read the LoRA keys")
+        if self.max_steps > 0:
+            reject_unread(self, ["epochs"], f"max_steps={self.max_steps} replaces epochs")
+        if (spec.reference_free or self.reference_free) and not spec.token_level:
+            reject_unread(self, ["ref_batch_size"], "nothing is precomputed without a reference or T-REG")
+        if self.loss == "rdpo" and self.length_alpha is None:
+            raise ConfigError("loss=rdpo requires length_alpha (no default; docs/losses.md)")
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError("max_prompt_length must be smaller than max_length")
+        if self.per_device_batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("per_device_batch_size and grad_accum must be >= 1")
+        if self.on_bad not in ("error", "skip"):
+            raise ConfigError("on_bad must be 'error' or 'skip'")
+        if not (0.0 <= self.alpha < float("inf")):
+            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        if self.treg_weighting not in WEIGHTINGS:
+            raise ConfigError(f"treg_weighting must be one of {WEIGHTINGS}, got {self.treg_weighting!r}")
+        if spec.token_level:
+            resolve_template(self.treg_template)  # unknown name, missing {prompt}, unequal placeholders: error now
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else get_loss(self.loss).default_beta
+
+    def loss_params(self) -> dict:
+        """beta and the keys the chosen loss reads, by config name (what preference_objective takes)."""
+        return {"beta": self.resolved_beta} | {k: getattr(self, k) for k in get_loss(self.loss).reads}
+
+    def step_settings(self) -> step_lib.StepSettings:
+        return step_lib.StepSettings(get_loss(self.loss), self.loss_params(), self.reference_free, self.sft_weight,
+                                     self.max_grad_norm)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch_size * self.grad_accum
 
 
 @dataclass
@@ -55,6 +156,7 @@ class TrainResult:
     treg_cache_hit: bool = False  # T-REG token rewards loaded from the cache (token-level losses only)
 
 
+
 def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
@@ -62,18 +164,67 @@ def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def _pair_logps(out, n: int, ref: torch.Tensor | None) -> PairLogps:
-    s, c = out.sum, out.count
-    return PairLogps(s[:n], s[n:], c[:n], c[n:], None if ref is None else ref[:n], None if ref is None else ref[n:])
+def _check_enough(cfg: TrainConfig, n: int, world: int, what: str) -> None:
+    """Stop with the file and the counts when the data cannot fill one global batch."""
+    g = cfg.global_batch * world
+    if n < g:
+        raise ConfigError(f"{cfg.data}: {what}: {n} usable pair(s) cannot fill one global batch of {g} "
+                          f"(per_device_batch_size {cfg.per_device_batch_size} x grad_accum {cfg.grad_accum} x "
+                          f"{world} process(es))")
 
 
-def prepare_data(cfg: TrainConfig, tokenizer) -> tuple[list[TokenizedPair], dict]:
-    records, load_report = load_preference_records(cfg.data, split=cfg.split, limit=cfg.limit, on_bad=cfg.on_bad)
+def read_records(cfg: TrainConfig, world: int = 1):
+    """The preference records of ``cfg.data``; an empty file or too few usable pairs fail here, before any
+    model is loaded, naming the file and the counts."""
+    records, report = load_preference_records(cfg.data, split=cfg.split, limit=cfg.limit, on_bad=cfg.on_bad)
+    if not records:
+        raise ConfigError(f"{report.summary()}: no usable preference pairs")
+    _check_enough(cfg, len(records), world, report.summary())
+    return records, report
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, records=None, load_report=None,
+                 world: int = 1) -> tuple[list[TokenizedPair], dict]:
+    if records is None:
+        records, load_report = read_records(cfg, world)
     pairs, tok_report = tokenize_pairs(records, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    _check_enough(cfg, len(pairs), world, f"after tokenization ({tok_report.summary()})")
     info = {"load": {"read": load_report.read, "kept": load_report.kept, "skipped": load_report.skipped,
                      "skipped_examples": load_report.examples},
             "tokenize": tok_report.as_metrics() | {"dropped_sources": tok_report.dropped_sources[:20]}}
     return pairs, info
+
+
+def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id):
+    """Reference log-probs and T-REG token rewards, before any adapter exists: with a fresh LoRA adapter the
+    model *is* the disabled-adapter reference, and the reference weights are never needed again."""
+    spec = get_loss(cfg.loss)
+    needs_ref = not (cfg.reference_free or spec.reference_free)
+    scores_here = needs_ref or (spec.token_level and not cfg.treg_scorer)
+    model_fp = model_fingerprint(model) if scores_here else None  # hashes every weight: once
+    token_table, treg_hit, ref_table, ref_hit = None, False, None, False
+    if spec.token_level:
+        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
+        token_table, treg_hit = treg.rewards, treg.cache_hit
+    if needs_ref:
+        key = reference_key(pairs, model_fp, cfg.dtype)
+        ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
+                                                       cfg.ref_batch_size)
+        if accelerator.is_main_process:
+            print(f"[alignlab] reference log-probs: {'cache hit' if ref_hit else 'computed'} ({ref_path})")
+    return ref_table, ref_hit, token_table, treg_hit
+
+
+def _wrap(cfg: TrainConfig, model):
+    if cfg.lora:
+        targets = cfg.lora_target if cfg.lora_target == "all-linear" else cfg.lora_target.split(",")
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets,
+                           top_layers=cfg.lora_top_layers)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPair] | None = None) -> TrainResult:
@@ -84,53 +235,29 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
                               project_dir=str(run_dir))
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
+    records = report = None
+    if pairs is None:
+        records, report = read_records(cfg, accelerator.num_processes)  # bad data fails before the model loads
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     data_info = {}
     if pairs is None:
-        pairs, data_info = prepare_data(cfg, tokenizer)
+        pairs, data_info = prepare_data(cfg, tokenizer, records, report, accelerator.num_processes)
     if is_main:
         save_config(cfg, run_dir)
         (run_dir / "data_report.json").write_text(json.dumps(data_info, indent=2))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    # Reference log-probs before any adapter exists: with a fresh LoRA adapter this *is* the
-    # disabled-adapter reference, and the reference weights are never needed again during training.
-    needs_ref = not (cfg.reference_free or cfg.loss in REFERENCE_FREE)
-    ref_table, ref_hit = None, False
     model.to(accelerator.device)
-    # T-REG token rewards (token-level losses only): scored once by the frozen reference (this model, before any
-    # adapter) or cfg.treg_scorer, cached like the reference log-probs; bad templates/tokenizers fail here.
-    token_table, treg_hit = None, False
-    scores_here = needs_ref or (cfg.loss in TOKEN_LEVEL and not cfg.treg_scorer)
-    model_fp = model_fingerprint(model) if scores_here else None  # hashes every weight: once
-    if cfg.loss in TOKEN_LEVEL:
-        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
-        token_table, treg_hit = treg.rewards, treg.cache_hit
-    if needs_ref:
-        key = reference_key(pairs, model_fp, cfg.dtype)
-        ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
-                                                       cfg.ref_batch_size)
-        if is_main:
-            print(f"[alignlab] reference log-probs: {'cache hit' if ref_hit else 'computed'} ({ref_path})")
+    ref_table, ref_hit, token_table, treg_hit = _precompute(cfg, accelerator, model, tokenizer, pairs, pad_id)
 
-    if cfg.lora:
-        targets = cfg.lora_target if cfg.lora_target == "all-linear" else cfg.lora_target.split(",")
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets,
-                           top_layers=cfg.lora_top_layers)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
+    model = _wrap(cfg, model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
     plan = BatchPlan(len(pairs), cfg.per_device_batch_size, cfg.grad_accum, accelerator.num_processes, cfg.seed,
                      [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs])
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * plan.steps_per_epoch
     scheduler = _build_scheduler(cfg, optimizer, total_steps)
-    scorer = SequenceScorer(model)
-    scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
+    scorer, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
 
     start_step = 0
     resume_dir = find_resume_dir(cfg.resume_from, run_dir)
@@ -142,17 +269,19 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         accelerator.init_trackers("tb")
     logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
     if is_main:
-        print(f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
+        print(f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, "
+              f"global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
               f"({plan.dropped_per_epoch} pairs/epoch left over), {total_steps} steps")
+    settings = cfg.step_settings()
     history: list[dict] = []
     last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
     bar = _progress(is_main, start_step, total_steps)
     for step in range(start_step, last_step):
         t0 = time.perf_counter()
-        rows = _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step,
-                           token_rewards=token_table)
-        rows["time/step_s"] = time.perf_counter() - t0
-        record = step_metrics(rows, step + 1, scheduler.get_last_lr()[0], cfg.resolved_beta)
+        out = step_lib.train_step(settings, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id,
+                                  step, token_rewards=token_table)
+        record = step_metrics(out.stats, out.grad_norm, step + 1, scheduler.get_last_lr()[0],
+                              time.perf_counter() - t0)
         history.append(record)
         if (step + 1) % cfg.logging_steps == 0 or step + 1 == last_step:
             logger.log(record)
@@ -166,8 +295,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     save_checkpoint(accelerator, run_dir, last_step, cfg.save_total_limit)
     final_dir = run_dir / "final"
     if is_main and last_step == total_steps:
-        unwrapped = accelerator.unwrap_model(scorer).model
-        unwrapped.save_pretrained(final_dir, safe_serialization=True)
+        accelerator.unwrap_model(scorer).model.save_pretrained(final_dir, safe_serialization=True)
         tokenizer.save_pretrained(final_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -184,75 +312,9 @@ def _progress(is_main: bool, start: int, total: int):
     return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
 
-def accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step,
-                         token_rewards=None) -> tuple[dict, list]:
-    """Forward/backward over this rank's micro-batches of one step (no optimizer step).
-
-    Each micro-batch contributes sum(per-pair losses) * world / n_pairs_global (+ the SFT term over the
-    global chosen-token count), so the accumulated gradient is the effective-batch mean however the batch
-    is split over micro-batches and ranks (DDP averages over ranks, hence * world). Returns the per-pair
-    tensors for metrics and the sources of any micro-batch whose loss was not finite.
-    Token-level losses (T-REG) also need ``token_rewards`` (per-pair (chosen, rejected) r̂ lists of the whole
-    dataset); only they ask the scorer for per-token log-probs, so other losses run unchanged.
-    """
-    micro = plan.micro_batches(step, accelerator.process_index)
-    global_idx = plan.global_batch(step)
-    n_global = len(global_idx)
-    chosen_tokens = sum(len(pairs[i].chosen_ids) for i in global_idx)  # R7: counted before any backward
-    world = accelerator.num_processes
-    loss_params = cfg.loss_params()
-    keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "rc", "rr", "lc", "lr", "nc", "nr", "klc", "klr")}
-    bad_local = []
-    token_level = cfg.loss in TOKEN_LEVEL
-    if token_level and token_rewards is None:
-        raise ValueError(f"loss {cfg.loss!r} needs token rewards (recipes.token_rewards)")
-    for j, idx in enumerate(micro):
-        batch = collate_pairs([pairs[i] for i in idx], idx, pad_id, ref_table,
-                              token_rewards if token_level else None).to(accelerator.device)
-        sync = j == len(micro) - 1
-        ctx = contextlib.nullcontext() if sync else accelerator.no_sync(scorer)
-        with ctx:
-            out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
-            pl = _pair_logps(out, batch.n_pairs, batch.ref_logps)
-            tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
-            obj = preference_objective(pl, cfg.loss, loss_params, cfg.reference_free, tokens)
-            loss = obj.losses.sum() * world / n_global
-            if cfg.sft_weight > 0:
-                loss = loss + cfg.sft_weight * obj.sft_nll_sum * world / chosen_tokens
-            if not torch.isfinite(loss):
-                bad_local.append([pairs[i].source for i in idx])
-            accelerator.backward(loss)
-        keep["loss"].append(obj.losses.detach())
-        keep["rc"].append(obj.chosen_rewards)
-        keep["rr"].append(obj.rejected_rewards)
-        keep["lc"].append(pl.chosen.detach())
-        keep["lr"].append(pl.rejected.detach())
-        keep["nc"].append(pl.chosen_len.float())
-        keep["nr"].append(pl.rejected_len.float())
-        for k, v in obj.extras.items():  # treg/* per-pair metrics
-            keep.setdefault(k, []).append(v)
-        if pl.ref_chosen is not None:
-            keep["klc"].append((pl.ref_chosen - pl.chosen).detach())
-            keep["klr"].append((pl.ref_rejected - pl.rejected).detach())
-    return keep, bad_local
-
-
-def _train_step(cfg, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id, step,
-                token_rewards=None) -> dict:
-    """One optimizer step; returns gathered per-pair tensors for metrics."""
-    keep, bad_local = accumulate_gradients(cfg, accelerator, scorer, plan, pairs, ref_table, pad_id, step,
-                                           token_rewards=token_rewards)
-    grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    if not torch.isfinite(torch.as_tensor(grad_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        global_idx = plan.global_batch(step)
-        raise NonFiniteLossError(
-            f"non-finite loss/gradient at step {step + 1} (global batch of {len(global_idx)} pairs, dataset indices "
-            f"{global_idx[:16]}{'...' if len(global_idx) > 16 else ''}); offending micro-batches on rank "
-            f"{accelerator.process_index}: {bad_local[:2]}. The last checkpoint is intact.")
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    rows = {k: accelerator.gather(torch.cat(v)).cpu() for k, v in keep.items() if v}
-    rows["grad_norm"] = float(grad_norm)
-    return rows
+def main(cfg: TrainConfig) -> TrainResult:
+    if not cfg.data:
+        raise ConfigError("train needs data=PATH.jsonl | hf:org/name")
+    res = train(cfg)
+    print(f"done: {res.steps} steps; run directory {res.run_dir}")
+    return res

@@ -1,4 +1,4 @@
-"""Training metrics with TRL's names and meanings (specs/preference_losses.md §4), plus alignlab additions.
+"""Training metrics with TRL's names and meanings (docs/metrics.md), plus alignlab additions.
 
 Values are per-pair means over the whole effective batch, gathered from every rank, so they do not depend
 on the micro-batch split. `rewards/accuracies` is strict (>), so it reads 0.0 at step 0 where every
@@ -13,31 +13,33 @@ from pathlib import Path
 
 import torch
 
+from alignlab.training.step import PairStats
 
-def step_metrics(rows: dict, step: int, lr: float, beta: float) -> dict:
-    rc, rr = rows["rc"], rows["rr"]
+
+def step_metrics(stats: PairStats, grad_norm: float, step: int, lr: float, step_s: float | None = None) -> dict:
+    """One metrics.jsonl row from the gathered per-pair stats of a step (TRL's names, docs/metrics.md)."""
+    rc, rr = stats.chosen_reward, stats.rejected_reward
     m = {
         "step": step,
-        "loss": rows["loss"].mean().item(),
+        "loss": stats.loss.mean().item(),
         "rewards/chosen": rc.mean().item(),
         "rewards/rejected": rr.mean().item(),
         "rewards/margins": (rc - rr).mean().item(),
         "rewards/accuracies": (rc > rr).float().mean().item(),
         "rewards/ties": (rc == rr).float().mean().item(),
-        "logps/chosen": rows["lc"].mean().item(),
-        "logps/rejected": rows["lr"].mean().item(),
-        "lengths/chosen": rows["nc"].mean().item(),
-        "lengths/rejected": rows["nr"].mean().item(),
-        "grad_norm": rows["grad_norm"],
+        "logps/chosen": stats.chosen_logps.mean().item(),
+        "logps/rejected": stats.rejected_logps.mean().item(),
+        "lengths/chosen": stats.chosen_len.mean().item(),
+        "lengths/rejected": stats.rejected_len.mean().item(),
+        "grad_norm": grad_norm,
         "learning_rate": lr,
     }
-    if "klc" in rows:
-        m["kl/ref_policy"] = torch.cat([rows["klc"], rows["klr"]]).mean().item()
-    if "time/step_s" in rows:
-        m["time/step_s"] = rows["time/step_s"]
-    for k in sorted(rows):  # T-REG (docs/metrics.md): per-pair values, averaged like the rewards
-        if k.startswith("treg/"):
-            m[k] = rows[k].mean().item()
+    if stats.ref_gap_chosen is not None:
+        m["kl/ref_policy"] = torch.cat([stats.ref_gap_chosen, stats.ref_gap_rejected]).mean().item()
+    if step_s is not None:
+        m["time/step_s"] = step_s
+    for k in sorted(stats.extras):  # T-REG (docs/metrics.md): per-pair values, averaged like the rewards
+        m[k] = stats.extras[k].mean().item()
     return m
 
 
