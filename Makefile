@@ -6,7 +6,7 @@ STAMP := $(VENV)/.alignlab-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-seeds test test-fast bench browser clean
+.PHONY: setup demo demo-seeds test test-fast lint bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -35,8 +35,14 @@ browser:
 	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; }
 
+# Lint, format check and the 500-line limit on library files: part of `make test`, so CI runs them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_sizes.py
+
 # Two pytest workers on two cores: one torch thread each (oversubscribed OpenMP threads spin and crawl).
-test: setup browser
+test: setup browser lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -4,7 +4,8 @@ import time
 import pytest
 import torch
 
-from alignlab.models import loading, lora, tiny
+import tiny_models as tiny
+from alignlab.models import loading, lora
 
 
 @pytest.fixture(scope="module")

@@ -97,12 +97,6 @@ TEMPLATES: dict[str, TregTemplate] = {
 }
 
 
-def register_template(t: TregTemplate) -> TregTemplate:
-    """Make a custom template selectable by name (``treg_template=<name>``)."""
-    TEMPLATES[t.name] = t.validate()
-    return t
-
-
 def resolve_template(spec: str | TregTemplate) -> TregTemplate:
     """A TregTemplate, a registered name, or a .json/.yaml file with keys ``better`` and ``worse``."""
     if isinstance(spec, TregTemplate):

@@ -1,43 +1,33 @@
-"""`alignlab diagnose RUN_DIR`: read metrics.jsonl and say what the reward curves mean (pitfalls R8)."""
+"""`alignlab diagnose run_dir=RUN`: read RUN/metrics.jsonl and say what the reward curves mean.
+
+Writes the text to ``output_dir/diagnosis.md`` (default: RUN/diagnose) beside the resolved config, and prints it.
+"""
+
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from alignlab.training.metrics import read_metrics
+from alignlab.config import ConfigError, save_config
+from alignlab.eval.diagnose import diagnose
 
 
-def _trend(values: list[float]) -> float:
-    k = max(1, len(values) // 4)
-    return sum(values[-k:]) / k - sum(values[:k]) / k
+@dataclass
+class DiagnoseConfig:
+    run_dir: str = ""  # a run directory of `alignlab train` (holds metrics.jsonl)
+    output_dir: str = ""  # where diagnosis.md goes; empty = <run_dir>/diagnose
+
+    def validate(self) -> None:
+        if not self.run_dir:
+            raise ConfigError("diagnose needs run_dir=RUN_DIR (a directory written by `alignlab train`)")
+        if not (Path(self.run_dir) / "metrics.jsonl").is_file():
+            raise ConfigError(f"{Path(self.run_dir) / 'metrics.jsonl'}: no such file (not a training run directory)")
 
 
-def classify(metrics: list[dict]) -> str:
-    if len(metrics) < 2:
-        return "too short to judge"
-    m = _trend([r["rewards/margins"] for r in metrics])
-    c = _trend([r["rewards/chosen"] for r in metrics])
-    r = _trend([r["rewards/rejected"] for r in metrics])
-    if m > 0 and c < 0 and r < 0:
-        return "expected: margin increasing (both rewards fall, rejected faster)"
-    if m > 0:
-        return "margin increasing"
-    return "warning: margin not increasing"
-
-
-def diagnose(run_dir: str) -> str:
-    metrics = read_metrics(Path(run_dir) / "metrics.jsonl")
-    if not metrics:
-        return f"{run_dir}: metrics.jsonl is empty"
-    first, last = metrics[0], metrics[-1]
-    keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "rewards/ties",
-            "logps/chosen", "logps/rejected", "kl/ref_policy"]
-    lines = [f"run: {run_dir} ({len(metrics)} logged steps)", f"{'metric':22s} {'first':>10s} {'last':>10s}"]
-    for k in keys:
-        if k in first:
-            lines.append(f"{k:22s} {first[k]:10.4f} {last[k]:10.4f}")
-    lines += ["", f"verdict: {classify(metrics)}", "",
-              "notes: DPO-style losses optimise only the margin, so both implicit rewards usually fall; when the "
-              "reference was trained on the chosen responses, E[chosen log-ratio] ~ -KL(ref||policy) <= 0 "
-              "(arXiv 2406.02900 §3.5). rewards/accuracies is strict (>), so it reads 0.0 at step 0 where every "
-              "margin is exactly 0 (see rewards/ties). logps/* are sequence sums, not means."]
-    return "\n".join(lines)
+def main(cfg: DiagnoseConfig) -> str:
+    out = Path(cfg.output_dir or Path(cfg.run_dir) / "diagnose")
+    save_config(cfg, out)
+    text = diagnose(cfg.run_dir)
+    (out / "diagnosis.md").write_text(text + "\n")
+    print(text)
+    return text

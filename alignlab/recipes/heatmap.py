@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignlab.config import save_config
 from alignlab.eval.heatmap import heatmap_data, write_heatmap
 from alignlab.precompute.token_rewards import check_same_tokenizer
 from alignlab.losses import LOSSES
@@ -85,6 +86,7 @@ def main(cfg: HeatmapConfig) -> dict:
     from alignlab.models.loading import load_model_and_tokenizer
 
     r = _resolve(cfg)
+    save_config(cfg, Path(cfg.output_dir))
     if not r["data"]:
         raise ValueError("heatmap needs data=PATH.jsonl | hf:org/name (or run_dir= of a run that has it)")
     model, tok = load_model_and_tokenizer(r["model"], dtype=cfg.dtype)

@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.formats import load_preference_records
 from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
+from alignlab.eval.diagnose import diagnose
 from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
 from alignlab.losses.treg import DEFAULT_ALPHA, WEIGHTINGS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
@@ -297,6 +298,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     if is_main and last_step == total_steps:
         accelerator.unwrap_model(scorer).model.save_pretrained(final_dir, safe_serialization=True)
         tokenizer.save_pretrained(final_dir)
+    if is_main and history:
+        (run_dir / "report.md").write_text(f"# alignlab train: loss={cfg.loss}\n\n```\n{diagnose(str(run_dir))}\n```\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     trained = accelerator.unwrap_model(scorer).model
