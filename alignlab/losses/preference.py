@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from alignlab.losses.types import PairLogps
 
 
-def _margin(p: PairLogps, normalize: bool = False) -> torch.Tensor:
+def margin(p: PairLogps, normalize: bool = False) -> torch.Tensor:
     """h = rho_w - rho_l (summed); with ``normalize`` the length-normalised h̄ = rho_w/|y_w| - rho_l/|y_l|."""
     if p.ref_chosen is None or p.ref_rejected is None:
         raise ValueError("this loss needs reference log-probs (or reference_free=True)")
@@ -30,12 +30,12 @@ def dpo(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
 
     beta is the inverse KL strength (implicit reward r = beta * log pi/pi_ref). dL/dh at h=0 is -beta/2.
     """
-    return -F.logsigmoid(beta * _margin(p))
+    return -F.logsigmoid(beta * margin(p))
 
 
 def dpo_norm(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
     """Length-normalised DPO (TRL ``sigmoid_norm``): -log sigma(beta * h̄), h̄ uses per-token **mean** log-ratios."""
-    return -F.logsigmoid(beta * _margin(p, normalize=True))
+    return -F.logsigmoid(beta * margin(p, normalize=True))
 
 
 def cdpo(p: PairLogps, beta: float = 0.1, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -45,7 +45,7 @@ def cdpo(p: PairLogps, beta: float = 0.1, label_smoothing: float = 0.0) -> torch
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    z = beta * _margin(p)
+    z = beta * margin(p)
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
@@ -59,7 +59,7 @@ def ipo(p: PairLogps, beta: float = 0.1, beta_convention: str = "azar", ipo_redu
     """
     if ipo_reduction not in ("mean", "sum"):
         raise ValueError(f"ipo_reduction must be 'mean' or 'sum', got {ipo_reduction!r}")
-    h = _margin(p, normalize=ipo_reduction == "mean")
+    h = margin(p, normalize=ipo_reduction == "mean")
     if beta_convention == "azar":
         return (h - 1.0 / (2.0 * beta)) ** 2
     if beta_convention == "gpo":
@@ -73,7 +73,7 @@ def slic(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
     1/beta is the required margin in nats. The original SLiC-HF (arXiv 2305.10425) used raw policy
     log-likelihoods; get that with reference_free=True plus sft_weight.
     """
-    return torch.relu(1.0 - beta * _margin(p))
+    return torch.relu(1.0 - beta * margin(p))
 
 
 def rdpo(p: PairLogps, beta: float = 0.1, length_alpha: float | None = None) -> torch.Tensor:
@@ -86,7 +86,7 @@ def rdpo(p: PairLogps, beta: float = 0.1, length_alpha: float | None = None) -> 
     if length_alpha is None:
         raise ValueError("rdpo requires length_alpha (no default; see specs/preference_losses.md §3.5)")
     dlen = (p.chosen_len - p.rejected_len).to(p.chosen.dtype)
-    return -F.logsigmoid(beta * _margin(p) + length_alpha * dlen)
+    return -F.logsigmoid(beta * margin(p) + length_alpha * dlen)
 
 
 def simpo_rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

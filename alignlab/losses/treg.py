@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.losses.preference import _margin, dpo, simpo, simpo_rewards
+from alignlab.losses.preference import margin, dpo, simpo, simpo_rewards
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.ops.logprobs import masked_sum
 
@@ -91,7 +91,7 @@ def dpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 0.1, weighting: st
     _check(p, t)
     seq = dpo(p, beta)
     # sigma(r_l - r_w) = sigma(-beta*h): exactly -dL_DPO/d(beta*h), DPO's per-pair gradient coefficient (§2.3).
-    w = _weight(torch.sigmoid(-beta * _margin(p)), weighting, static_weight, detach_weight)
+    w = _weight(torch.sigmoid(-beta * margin(p)), weighting, static_weight, detach_weight)
     if reg_reduction not in ("sum", "mean"):
         raise ValueError(f"reg_reduction must be 'sum' (paper) or 'mean' (non-paper option), got {reg_reduction!r}")
     lengths = torch.cat([p.chosen_len, p.rejected_len]) if reg_reduction == "mean" else None
