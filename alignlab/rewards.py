@@ -9,8 +9,7 @@ scored by ARGS are passed with finished=False.
 
 Implementations: the built-in gold reward (``alignlab.task.gold.GoldReward`` already satisfies the
 protocol), ``HFRewardModel`` (any ``AutoModelForSequenceClassification`` dir or hub id), ``FunctionReward``
-(a Python function). ``load_reward(spec)`` resolves a string; ``register_reward`` adds a name (e.g. for
-reward models trained by alignlab).
+(a Python function). ``load_reward(spec)`` resolves a string.
 """
 from __future__ import annotations
 
@@ -168,23 +167,13 @@ class CachedEmbedder:
         return torch.stack(rows) if rows else self.inner.embed([])
 
 
-_REGISTRY: dict[str, Callable[[], Reward]] = {}
-
-
-def register_reward(name: str, factory: Callable[[], Reward]) -> None:
-    """Make ``load_reward(name)`` return ``factory()`` (e.g. an alignlab-trained reward model)."""
-    _REGISTRY[name] = factory
-
-
 def load_reward(spec: str | None, **kw) -> Reward | None:
-    """"gold" -> the built-in gold reward; "none"/None -> None; a registered name -> its factory;
-    anything else -> HFRewardModel(spec) (a local dir or hub id of a sequence-classification model)."""
+    """"gold" -> the built-in gold reward; "none"/None -> None; anything else -> HFRewardModel(spec) (a local
+    dir or hub id of a sequence-classification model)."""
     if spec is None or spec.lower() in ("none", ""):
         return None
     if spec in ("gold", "gold-v1"):
         from alignlab.task.gold import GoldReward
 
         return GoldReward(embedder=CachedEmbedder())
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]()
     return HFRewardModel(spec, **kw)

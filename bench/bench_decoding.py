@@ -77,7 +77,7 @@ def main() -> None:
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     gold = load_reward("gold")
     gold(["warm up"], ["the embedder"])
-    task = [p.instruction for p in load_task_prompts("eval")[:4]]
+    task = [p.instruction for p in load_task_prompts("test")[:4]]
     report: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, torch threads {args.threads}, "
                                f"load avg {os.getloadavg()[0]:.1f} at start", "torch": torch.__version__}
 

@@ -318,7 +318,8 @@ def test_cd_tokenwise_and_blockwise(toy):
 
 
 def test_prefix_scorer_save_load(tmp_path):
-    from alignlab.decoding.cd import PrefixScorer, fit_scorer
+    from alignlab.decoding.cd import PrefixScorer
+    from alignlab.decoding.cd_train import fit_scorer
 
     X, y = torch.randn(50, 8), torch.randn(50)
     s = fit_scorer(X, y, "linear")
@@ -353,5 +354,70 @@ def test_bad_input_errors(toy):
         decode(m, tok, ["ok"], "tq-indirect", reward=REW, rollout_model=m2, max_new_tokens=2)
     with pytest.raises(ValueError, match="scorer"):
         decode(m, tok, ["ok"], "cd", max_new_tokens=2)
+    with pytest.raises(ValueError, match="scorer"):
+        decode(m, tok, ["ok"], "cd", mode="blockwise", max_new_tokens=2)
+    with pytest.raises(ValueError, match="do not apply"):  # beta is an indirect-only parameter
+        decode(m, tok, ["ok"], "tq-direct", reward=REW, rollout_model=m2, beta=2.0, max_new_tokens=2)
     with pytest.raises(ValueError, match="needs a reward"):
         decode(m, tok, ["ok"], "args", max_new_tokens=2)
+
+
+# ------------------------------------------------------------------------------- registry and module layering
+
+
+def test_registry_one_entry_per_method():
+    from alignlab.decoding import DECODING, METHODS, make_params
+    from alignlab.decoding.registry import NEEDS
+    from alignlab.decoding.types import CommonParams, TQIndirectParams
+
+    assert METHODS == tuple(DECODING) and len(METHODS) == 8
+    for name, spec in DECODING.items():
+        assert spec.name == name and issubclass(spec.params, CommonParams) and callable(spec.run)
+        assert spec.needs <= set(NEEDS) and spec.summary and "per" in spec.summary
+    p = make_params("tq-indirect")
+    assert isinstance(p, TQIndirectParams) and (p.horizon, p.rollouts, p.rollout_temperature) == (5, 4, 1.0)
+    assert make_params("tq-direct").horizon == 20
+    with pytest.raises(ValueError, match="unknown method"):
+        make_params("beam")
+
+
+def _decoding_imports():
+    """{module: [(imported module, [names], function-level?)]} for alignlab/decoding/*.py."""
+    import ast
+    from pathlib import Path
+
+    import alignlab.decoding as pkg
+
+    out = {}
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        out[path.stem] = [(n.module, [a.name for a in n.names], id(n) not in top)
+                          for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    return out
+
+
+def test_decoding_imports_are_one_way_and_public():
+    imports = _decoding_imports()
+    for mod, imps in imports.items():
+        for target, names, nested in imps:
+            if target.startswith("alignlab."):
+                assert not [n for n in names if n.startswith("_")], f"{mod} imports private names from {target}"
+            if target.startswith("alignlab.decoding."):  # a lazy import inside the package would hide a circle
+                assert not nested, f"{mod}: function-level import of {target}"
+    # the package's modules form a DAG (no circle through any of them)
+    deps = {m: {t.rsplit(".", 1)[1] for t, _, _ in imps if t.startswith("alignlab.decoding.")}
+            for m, imps in imports.items() if m != "__init__"}
+    state: dict = {}
+
+    def visit(m, stack=()):
+        assert state.get(m) != "open", f"import circle: {' -> '.join(stack + (m,))}"
+        if state.get(m) is None:
+            state[m] = "open"
+            for d in deps.get(m, ()):
+                visit(d, stack + (m,))
+            state[m] = "done"
+
+    for m in deps:
+        visit(m)
+    assert "api" not in deps["cd"] and "api" in deps["cd_train"]

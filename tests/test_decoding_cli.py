@@ -3,10 +3,14 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from alignlab.cli import main as cli
-from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
+from alignlab.config import build_config
+from alignlab.decoding import DECODING
+from alignlab.recipes.generate import method_keys
 from alignlab.rewards import FunctionReward
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +32,33 @@ def dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("method,extra", [
     ("greedy", ["reward=none"]),
-    ("args", ["k=4"]),
+    ("args", ["k=4", "save_steps=true"]),
     ("tq-direct", ["k=3", "horizon=2", "rollout_model=base"]),
     ("linear", ["ratio=2", "principle=Be nice."]),
     ("best-of-n", ["n=2"]),
 ])
-def test_generate_cli_writes_jsonl_with_costs(dirs, method, extra):
+def test_generate_cli_writes_run_directory(dirs, method, extra):
     root, model_dir, rm_dir, prompts = dirs
-    out = root / f"{method}.jsonl"
-    argv = ["generate", f"method={method}", f"model={model_dir}", f"prompts={prompts}", f"output={out}",
+    out = root / method
+    argv = ["generate", f"method={method}", f"model={model_dir}", f"prompts={prompts}", f"output_dir={out}",
             "max_new_tokens=5", f"reward={rm_dir}"] + extra
     assert cli(argv) == 0
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "outputs.jsonl", "report.md", "summary.json"]
+    rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["hi", "tell me a story", "why?"]
     for r in rows:
         assert r["method"] == method and 1 <= r["cost"]["new_tokens"] <= 5
         assert {"lm_calls", "lm_tokens", "reward_calls", "wall_s"} <= set(r["cost"]) and "cost_per_token" in r
         assert (r["reward"] is None) == ("reward=none" in extra)
-    assert (root / "config.yaml").exists()
+        assert ("steps" in r) == ("save_steps=true" in extra)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["prompts"] == 3
+    assert summary["new_tokens"] == sum(r["cost"]["new_tokens"] for r in rows)
+    report = (out / "report.md").read_text()
+    assert f"# alignlab generate: {method}" in report and "| new_tokens |" in report
+    assert "| per_token.lm_calls |" in report
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method"] == method and cfg["output_dir"] == str(out)
 
 
 def test_generate_cli_rejects_bad_config(dirs, capsys):
@@ -54,7 +67,65 @@ def test_generate_cli_rejects_bad_config(dirs, capsys):
     assert cli(["generate", "method=greedy", "horizon=3", f"model={model_dir}"]) == 2
     assert "does not apply" in capsys.readouterr().err
     assert cli(["generate", "method=tq-direct", f"model={model_dir}", f"prompts={prompts}", "reward=none",
-                f"output={root / 'x.jsonl'}"]) == 2
+                f"output_dir={root / 'x'}"]) == 2
+    assert "needs a reward" in capsys.readouterr().err
+    assert not (root / "x").exists()  # validation fails before anything is written or loaded
+    assert cli(["generate", "method=greedy", "output=x.jsonl"]) == 2  # the old key is gone
+    assert "unknown config key 'output'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["method=greedy", "k=5"], "k"),
+    (["method=args", "rollout_model=x"], "rollout_model"),
+    (["method=sample", "scorer=dir"], "scorer"),
+    (["method=linear", "cd_samples=2"], "cd_samples"),
+    (["method=best-of-n", "save_steps=true"], "save_steps"),
+    (["method=tq-direct", "rollout_model=base", "beta=2"], "beta"),
+    (["method=args", "baseline_reward=gold"], "baseline_reward"),
+])
+def test_generate_keys_the_method_does_not_read_are_errors(overrides, key):
+    from alignlab.recipes.generate import GenerateConfig
+
+    method = overrides[0].split("=", 1)[1]
+    with pytest.raises(ValueError, match="does not apply") as e:
+        build_config(GenerateConfig, None, overrides)
+    msg = str(e.value)
+    assert msg.startswith(f"{key}=") and repr(method) in msg
+    reads = msg.rsplit("are: ", 1)[1]
+    want = method_keys(DECODING[method])
+    assert reads == (", ".join(want) or "none") and key not in want
+
+
+def test_generate_keys_the_method_reads_are_accepted():
+    from alignlab.recipes.generate import GenerateConfig
+
+    for overrides in (["method=cd", "cd_samples=2"], ["method=cd", "scorer=dir", "mode=blockwise"],
+                      ["method=args", "k=5", "save_steps=true"], ["method=greedy", "k=None", "cd_samples=4"],
+                      ["method=tq-indirect", "rollout_model=base", "baseline_reward=gold", "beta=2"],
+                      ["method=linear", "principle=Be brief.", "reward=none"]):
+        build_config(GenerateConfig, None, overrides)
+    with pytest.raises(ValueError, match="only applies when cd trains"):
+        build_config(GenerateConfig, None, ["method=cd", "scorer=dir", "cd_samples=2"])
+    with pytest.raises(ValueError, match="needs rollout_model"):
+        build_config(GenerateConfig, None, ["method=tq-direct"])
+    with pytest.raises(ValueError, match="needs baseline_reward"):
+        build_config(GenerateConfig, None, ["method=tq-indirect", "rollout_model=base"])
+    with pytest.raises(ValueError, match="needs scorer=DIR or a reward"):
+        build_config(GenerateConfig, None, ["method=cd", "reward=none"])
+
+
+def test_generate_keys_are_all_classified():
+    """Every GenerateConfig key is common, a method parameter, or tied to a need / step diagnostics, so the
+    "does not apply" rule covers each new key; every parameter key is a field of some method's parameters."""
+    import dataclasses
+
+    from alignlab.recipes import generate as g
+
+    need_keys = {k for v in g.NEED_KEYS.values() for k in v}
+    classified = set(g.COMMON_KEYS) | set(g.PARAM_KEYS) | set(g.STEP_KEYS) | need_keys
+    assert {f.name for f in dataclasses.fields(g.GenerateConfig)} == classified
+    assert set(g.PARAM_KEYS) <= {n for spec in DECODING.values() for n in spec.param_names()}
+    assert set(g.NEED_KEYS) <= {n for spec in DECODING.values() for n in spec.needs}
 
 
 class FakeEmbedder:

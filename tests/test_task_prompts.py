@@ -256,3 +256,12 @@ def test_bad_lines_name_the_line(line, msg):
     text = '{"id": "z", "category": "c", "instruction": "ok", "split": "train"}\n' + line
     with pytest.raises(ValueError, match=f"f.jsonl:2: .*{msg}"):
         parse_task_prompts(text, source="f.jsonl")
+
+
+def test_balanced_subsets_cover_every_category():
+    from alignlab.task.prompts import balanced
+
+    test = load_task_prompts("test")
+    first = balanced(test, 24)
+    assert len(first) == 24 and {p.category for p in first} == {p.category for p in test}
+    assert sorted(p.id for p in balanced(test)) == sorted(p.id for p in test)  # a permutation

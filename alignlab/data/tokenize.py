@@ -63,7 +63,8 @@ class TokenizeReport:
         )
 
 
-def _as_messages(prompt: Text) -> list[dict]:
+def as_messages(prompt: Text) -> list[dict]:
+    """A prompt as chat messages: a plain string becomes one user turn; a message list is copied."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -91,7 +92,7 @@ class PairTokenizer:
 
     def prompt_ids(self, prompt: Text) -> list[int]:
         if self.use_chat_template:
-            text = self.tok.apply_chat_template(_as_messages(prompt), add_generation_prompt=True, tokenize=False)
+            text = self.tok.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
         else:
             text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]

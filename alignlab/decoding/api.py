@@ -14,12 +14,11 @@ import torch
 
 from alignlab.data.tokenize import PairTokenizer
 from alignlab.data.types import Text
-from alignlab.decoding.cd import run_blockwise
-from alignlab.decoding.guided import run_guided
-from alignlab.decoding.la import la_contexts, run_la
+from alignlab.decoding.la import la_contexts
 from alignlab.decoding.lm import LM
-from alignlab.decoding.loops import Ctx, Prepared, run_bon, run_plain
-from alignlab.decoding.types import CDParams, Cost, DecodeOutput, GuidedParams, LAParams, TQParams, make_params
+from alignlab.decoding.loops import Ctx, Prepared
+from alignlab.decoding.registry import get_spec
+from alignlab.decoding.types import Cost, DecodeOutput, LAParams, TQParams
 from alignlab.rollout.generate import stop_ids
 
 
@@ -74,6 +73,7 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
     """Decode ``prompts`` with ``method``; returns one DecodeOutput per prompt, in input order.
 
     method: greedy | sample | best-of-n | args | cd | tq-direct | tq-indirect | linear
+        (alignlab.decoding.registry.DECODING: parameters, needs and cost of each)
     reward: text reward ``reward(prompts, responses, finished) -> list[float]`` (best-of-n, args, tq-*).
     rollout_model: TQ* continuation model ρ_BL (same tokenizer as ``model``); pass ``model`` itself for
         the training-free CD baseline (rollouts from π_ref).
@@ -81,20 +81,23 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
     scorer: cd only, a PrefixScorer trained on ``model``'s hidden states.
     score_outputs: also score every final response with ``reward`` (evaluation; not counted in the cost).
     params: the method's parameters (alignlab.decoding.types); unknown keys are an error.
+    Inputs the method does not need (e.g. rollout_model for args) are ignored.
     """
-    p = make_params(method, **params)
-    extra = p.horizon if isinstance(p, TQParams) and method.startswith("tq") else 0
+    spec = get_spec(method)
+    p = spec.make_params(**params)
+    extra = p.horizon if isinstance(p, TQParams) else 0
     batch_all = prepare_prompts(tokenizer, prompts, p, model, extra)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     policy = LM(model, pad_id)
-    if isinstance(p, GuidedParams) and p.k > policy.vocab_size:
-        raise ValueError(f"k={p.k} is larger than the vocabulary ({policy.vocab_size} tokens)")
+    if "rollout_model" not in spec.needs:
+        rollout_model = None
     rollout = None
-    if rollout_model is not None and method.startswith("tq"):
+    if rollout_model is not None:
         _check_same_vocab(tokenizer, rollout_tokenizer)
         rollout = policy if rollout_model is model else LM(rollout_model, pad_id)
     stops = (stop_ids(tokenizer) if p.stop_at_eos else []) + list(p.stop_ids)
-    ctx = Ctx(tokenizer, stops, p, reward, baseline_reward)
+    ctx = Ctx(tokenizer, stops, p, method, reward=reward, baseline_reward=baseline_reward, rollout=rollout,
+              scorer=scorer)
     models = [m for m in (model, rollout_model) if m is not None]
     was_training = [m.training for m in models]
     for m in models:
@@ -109,7 +112,7 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
                 batch = [batch_all[i] for i in order[s:s + p.batch_size]]
                 costs = [Cost() for _ in batch]
                 t0 = time.perf_counter()
-                outs = _dispatch(method, p, policy, batch, ctx, costs, rollout, scorer)
+                outs = spec.run(policy, batch, ctx, costs)
                 share = (time.perf_counter() - t0) / len(batch)
                 for o in outs:
                     o.cost.wall_s = share
@@ -127,19 +130,3 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
                 o.reward = float(v)
     return final
 
-
-def _dispatch(method, p, policy, batch, ctx, costs, rollout, scorer) -> list[DecodeOutput]:
-    if method in ("greedy", "sample"):
-        return run_plain(policy, batch, ctx, method, costs)
-    if method == "best-of-n":
-        return run_bon(policy, batch, ctx, costs)
-    if method == "linear":
-        return run_la(policy, batch, ctx, costs)
-    if method == "cd":
-        assert isinstance(p, CDParams)
-        if scorer is None:
-            raise ValueError("cd needs scorer= (train one with alignlab.decoding.train_prefix_scorer)")
-        if p.mode == "blockwise":
-            return run_blockwise(policy, batch, ctx, costs, scorer)
-        return run_guided("cd", policy, batch, ctx, costs, scorer=scorer)
-    return run_guided(method, policy, batch, ctx, costs, rollout=rollout)

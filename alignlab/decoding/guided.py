@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from alignlab.decoding.lm import LM, LMState
-from alignlab.decoding.loops import Ctx, Prepared, _finish, advance, charge, make_generator, prefill
+from alignlab.decoding.loops import Ctx, Prepared, advance, charge, finish_output, make_generator, prefill
 from alignlab.decoding.scores import (direct_q, draw, filter_logits, guided_scores, indirect_q, select, step_kl,
                                       topk_candidates)
-from alignlab.decoding.types import Cost, DecodeOutput, GuidedParams, StepInfo, TQParams
+from alignlab.decoding.types import CDParams, Cost, DecodeOutput, GuidedParams, StepInfo, TQIndirectParams, TQParams
 
 
 def run_rollouts(lm: LM, cst: LMState, cand_done: torch.Tensor, owners: list[int], M: int, H: int,
@@ -63,21 +63,19 @@ def run_rollouts(lm: LM, cst: LMState, cand_done: torch.Tensor, owners: list[int
     return toks, fin
 
 
-def run_guided(method: str, policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost],
-               rollout: LM | None = None, scorer=None) -> list[DecodeOutput]:
-    """method: "args", "tq-direct", "tq-indirect" or "cd" (tokenwise)."""
-    p = ctx.params
+def run_guided(policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[DecodeOutput]:
+    """The estimate follows the parameter class: ARGSParams (reward of the partial sequence), TQParams /
+    TQIndirectParams (rollouts of ``ctx.rollout``), CDParams (tokenwise; ``ctx.scorer``, checked by cd.run_cd)."""
+    p, method, rollout, scorer = ctx.params, ctx.method, ctx.rollout, ctx.scorer
     assert isinstance(p, GuidedParams)
     k, A = p.k, len(batch)
-    H = p.horizon if isinstance(p, TQParams) and method.startswith("tq") else 0
+    H = p.horizon if isinstance(p, TQParams) else 0
     M = p.rollouts if H > 0 else 1
-    needs_reward = method != "cd"
-    if needs_reward and ctx.reward is None:
+    use_scorer, indirect = isinstance(p, CDParams), isinstance(p, TQIndirectParams)
+    if not use_scorer and ctx.reward is None:
         raise ValueError(f"{method} needs a reward")
-    if method == "tq-indirect" and ctx.baseline_reward is None:
+    if indirect and ctx.baseline_reward is None:
         raise ValueError("tq-indirect needs baseline_reward (the reward the rollout model was aligned to)")
-    if method == "cd" and scorer is None:
-        raise ValueError("cd needs a prefix scorer (alignlab.decoding.cd.train_prefix_scorer)")
     if H > 0 and rollout is None:
         raise ValueError(f"{method} needs a rollout model (the aligned baseline; pass the proposal model itself "
                          "for the training-free CD baseline)")
@@ -102,7 +100,7 @@ def run_guided(method: str, policy: LM, batch: list[Prepared], ctx: Ctx, costs: 
         cand_owner = [active[i] for i in range(a) for _ in range(k)]
         child = cst = None
         ess = None
-        if method == "cd":
+        if use_scorer:
             child = policy.step(policy.fork(st, k), flat, want_hidden=True)
             charge(costs, cand_owner, scorer_calls=1)
             with torch.no_grad():
@@ -126,7 +124,7 @@ def run_guided(method: str, policy: LM, batch: list[Prepared], ctx: Ctx, costs: 
             r = torch.tensor([float(x) for x in ctx.reward(prompts, texts, rfin)]).view(a, k, M)
             for o in active:
                 costs[o].reward_calls += k * M
-            if method == "tq-indirect":
+            if indirect:
                 rb = torch.tensor([float(x) for x in ctx.baseline_reward(prompts, texts, rfin)]).view(a, k, M)
                 for o in active:
                     costs[o].reward_calls += k * M
@@ -163,9 +161,9 @@ def run_guided(method: str, policy: LM, batch: list[Prepared], ctx: Ctx, costs: 
         extra = {"k": k, "w": p.w}
         if H > 0:
             extra.update(horizon=H, rollouts=M)
-        if method == "cd":
+        if use_scorer:
             extra["mode"] = "tokenwise"
-        outs.append(_finish(b, method, out[i], fin[i], ctx, costs[i], kl=kl_sum[i],
+        outs.append(finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl_sum[i],
                             kl_kind="Σ_t KL(π_alg‖top-k π_ref)", steps=steps[i] if p.diagnostics else None,
                             extra=extra))
     return outs

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.data.tokenize import PairTokenizer, _as_messages
+from alignlab.data.tokenize import PairTokenizer, as_messages
 from alignlab.data.types import Text
 from alignlab.decoding.lm import LM
 from alignlab.decoding.linear import la_step
-from alignlab.decoding.loops import Ctx, Prepared, _finish, charge, make_generator, prefill
+from alignlab.decoding.loops import Ctx, Prepared, charge, finish_output, make_generator, prefill
 from alignlab.decoding.types import Cost, DecodeOutput, LAParams
 
 _MARK = "\ue000"  # private-use code point: never produced by a template or a user
@@ -39,7 +39,7 @@ def la_contexts(tokenizer, prompt: Text, principle: str, system_prompt: str | No
     pt = PairTokenizer(tokenizer)
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     bos = [pt.bos_id] if pt.auto_bos else []
-    msgs = _as_messages(prompt)
+    msgs = as_messages(prompt)
     if not principle.strip():  # no principle: both contexts are the plain prompt (LA == plain decoding)
         plain = pt.prompt_ids(prompt)
         return LAContexts(plain, list(plain), True)
@@ -117,8 +117,8 @@ def run_la(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[D
             states = [lm.step(s, tok) for s in states]
             charge(costs, active, policy_steps=1)
             charge(costs, active, policy_steps=1)
-    return [_finish(b, "linear", out[i], fin[i], ctx, costs[i], kl=kl[i], kl_kind="Σ_t KL(q_LA‖π_0 at T)",
-                    extra={"ratio": p.ratio, "temperature": p.temperature, "top_p": p.top_p,
-                           "principle_tokens": len(cx[i].principle) - len(cx[i].plain),
-                           "split_tokenized": cx[i].split_tokenized})
+    return [finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl[i], kl_kind="Σ_t KL(q_LA‖π_0 at T)",
+                          extra={"ratio": p.ratio, "temperature": p.temperature, "top_p": p.top_p,
+                                 "principle_tokens": len(cx[i].principle) - len(cx[i].plain),
+                                 "split_tokenized": cx[i].split_tokenized})
             for i, b in enumerate(batch)]

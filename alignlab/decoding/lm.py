@@ -18,7 +18,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from alignlab.data.collate import left_pad
-from alignlab.models.scorer import _fast_path_ok, position_ids_from_mask
+from alignlab.models.scorer import fast_path_ok, position_ids_from_mask
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LM:
     def __init__(self, model: nn.Module, pad_id: int):
         self.model = model
         self.pad_id = pad_id
-        self.fast = _fast_path_ok(model)
+        self.fast = fast_path_ok(model)
         self.device = next(model.parameters()).device
         self.calls = 0
         if self.fast:

@@ -6,7 +6,7 @@ so finished rows are never extended and never cost another forward pass (R11).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,14 +30,17 @@ class Prepared:
 
 @dataclass
 class Ctx:
-    """Everything a loop needs besides the model state."""
+    """Everything a loop needs besides the policy state: the method's name and parameters and the inputs it
+    may need (alignlab.decoding.registry.DecodingSpec.needs); each loop checks the ones it uses."""
 
     tokenizer: object
     stops: list[int]
     params: CommonParams
+    method: str
     reward: Callable | None = None
     baseline_reward: Callable | None = None
-    extra: dict = field(default_factory=dict)
+    rollout: LM | None = None  # TQ*: the rollout model ρ_BL (the policy LM itself when they are one model)
+    scorer: Callable | None = None  # cd: the prefix scorer V_θ
 
     def __post_init__(self):
         self.stop_t = torch.tensor(sorted(set(self.stops)) or [-1], dtype=torch.long)
@@ -128,19 +131,19 @@ def advance(lm: LM, st: LMState, tok: torch.Tensor, stop: torch.Tensor, active: 
     return lm.step(st, tok), active
 
 
-def _finish(p: Prepared, method: str, ids: list[int], finished: bool, ctx: Ctx, cost: Cost, **kw) -> DecodeOutput:
+def finish_output(p: Prepared, ids: list[int], finished: bool, ctx: Ctx, cost: Cost, **kw) -> DecodeOutput:
+    """The DecodeOutput of one prompt (method ``ctx.method``): sets ``cost.new_tokens`` and decodes the text."""
     cost.new_tokens = len(ids)
-    return DecodeOutput(p.index, method, p.ids, ids, ctx.texts([ids])[0], finished, cost, **kw)
+    return DecodeOutput(p.index, ctx.method, p.ids, ids, ctx.texts([ids])[0], finished, cost, **kw)
 
 
-def run_plain(lm: LM, batch: list[Prepared], ctx: Ctx, method: str, costs: list[Cost]) -> list[DecodeOutput]:
-    """Greedy (argmax) or sampling from π_ref (temperature / top-k / top-p)."""
+def run_plain(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[DecodeOutput]:
+    """Greedy (argmax; GreedyParams) or sampling from π_ref (temperature / top-k / top-p; SampleParams)."""
     p = ctx.params
     st = prefill(lm, batch, costs)
-    if method == "greedy":
+    if not isinstance(p, SampleParams):
         choose, gens, kl = greedy_choice, None, None
     else:
-        assert isinstance(p, SampleParams)
         choose = sampler(p.temperature, p.top_k, p.top_p)
         gens = [make_generator(p.seed, b.index, 0) for b in batch]
         # Sampling π_ref itself (T=1, no truncation) has KL 0 by definition; truncated/tempered: unknown here.
@@ -148,7 +151,7 @@ def run_plain(lm: LM, batch: list[Prepared], ctx: Ctx, method: str, costs: list[
     for c in costs:
         c.generations += 1
     out, fin = plain_loop(lm, st, choose, ctx, list(range(len(batch))), costs, gens, p.max_new_tokens)
-    return [_finish(b, method, out[i], fin[i], ctx, costs[i], kl=kl, kl_kind="exact (π_ref)" if kl is not None else "")
+    return [finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl, kl_kind="exact (π_ref)" if kl is not None else "")
             for i, b in enumerate(batch)]
 
 
@@ -176,8 +179,6 @@ def run_bon(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[
         if p.return_all:
             extra["samples"] = [{"text": texts[i * N + m], "reward": rs[m], "finished": fin[i * N + m],
                                  "completion_ids": out[i * N + m]} for m in range(N)]
-        o = _finish(b, "best-of-n", out[i * N + j], fin[i * N + j], ctx, costs[i], reward=rs[j],
-                    kl=bon_kl_bound(N), kl_kind="bound log N − (N−1)/N", extra=extra)
-        costs[i].new_tokens = len(out[i * N + j])
-        results.append(o)
+        results.append(finish_output(b, out[i * N + j], fin[i * N + j], ctx, costs[i], reward=rs[j],
+                                     kl=bon_kl_bound(N), kl_kind="bound log N − (N−1)/N", extra=extra))
     return results

@@ -1,8 +1,9 @@
 """Typed containers of decoding-time alignment: per-method parameters, cost counters, per-step diagnostics
 and the per-prompt output (specs/decoding.md §0, §7).
 
-Parameters are one dataclass per method, all sharing ``CommonParams``; ``decode(**params)`` rejects keys that
-do not belong to the chosen method, so a typo or a key of another method never falls back silently (R11).
+Parameters are one dataclass per method, all sharing ``CommonParams`` (which method uses which class is the
+registry, alignlab.decoding.registry); ``decode(**params)`` rejects keys that do not belong to the chosen
+method, so a typo or a key of another method never falls back silently (R11).
 Guidance strength is the weight ``w = 1/α`` of the spec: score(z) = log π_ref(z|s) + w·Q̂(z).
 """
 from __future__ import annotations
@@ -88,13 +89,12 @@ class ARGSParams(GuidedParams):
 
 @dataclass
 class TQParams(GuidedParams):
-    """Transfer Q*: Q̂(s, z) from M rollouts of ≤ H tokens of the rollout (aligned baseline) model."""
+    """Transfer Q* (direct): Q̂(s, z) from M rollouts of ≤ H tokens of the rollout (aligned baseline) model."""
 
     horizon: int = 20  # rollout tokens after the candidate (0 = ARGS)
     rollouts: int = 1  # M rollouts per candidate
     rollout_temperature: float = 0.0  # 0 = greedy rollouts (HF default decoding of the reference code)
     rollout_top_p: float = 1.0
-    beta: float = 1.0  # indirect only: the KL strength the baseline was aligned with
 
     def validate(self) -> None:
         super().validate()
@@ -102,14 +102,23 @@ class TQParams(GuidedParams):
             raise ValueError(f"need horizon >= 0 and rollouts >= 1, got {self.horizon}, {self.rollouts}")
         if self.rollouts > 1 and self.rollout_temperature <= 0 and self.horizon > 0:
             raise ValueError("rollouts > 1 with greedy rollouts gives M identical rollouts; set rollout_temperature > 0")
+
+
+@dataclass
+class TQIndirectParams(TQParams):
+    """Indirect TQ*: self-normalised importance weights exp((r − r_BL)/β) over the rollouts. It needs M > 1
+    samples drawn from ρ_BL itself (temperature 1) for the weights to be valid; horizon 5 as in the
+    reference code."""
+
+    horizon: int = 5
+    rollouts: int = 4
+    rollout_temperature: float = 1.0
+    beta: float = 1.0  # the KL strength the baseline was aligned with
+
+    def validate(self) -> None:
+        super().validate()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-
-
-def tq_indirect_defaults() -> dict:
-    """Indirect TQ* needs M > 1 samples drawn from ρ_BL itself (temperature 1) for the importance weights to
-    be valid; horizon 5 as in the reference code."""
-    return dict(horizon=5, rollouts=4, rollout_temperature=1.0)
 
 
 @dataclass
@@ -151,28 +160,6 @@ class LAParams(CommonParams):
             raise ValueError("need temperature > 0 and top_p in (0, 1]")
         if not math.isfinite(self.ratio):
             raise ValueError(f"ratio must be finite, got {self.ratio}")
-
-
-METHOD_PARAMS: dict[str, type[CommonParams]] = {
-    "greedy": GreedyParams, "sample": SampleParams, "best-of-n": BestOfNParams, "args": ARGSParams,
-    "cd": CDParams, "tq-direct": TQParams, "tq-indirect": TQParams, "linear": LAParams,
-}
-METHODS = tuple(METHOD_PARAMS)
-
-
-def make_params(method: str, **kw) -> CommonParams:
-    """The method's parameter object; unknown keys are an error that lists the valid ones."""
-    if method not in METHOD_PARAMS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cls = METHOD_PARAMS[method]
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(kw) - names)
-    if bad:
-        raise ValueError(f"parameter(s) {bad} do not apply to method {method!r}; valid: {sorted(names)}")
-    base = tq_indirect_defaults() if method == "tq-indirect" else {}
-    p = cls(**{**base, **kw})
-    p.validate()
-    return p
 
 
 @dataclass

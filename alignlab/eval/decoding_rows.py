@@ -11,13 +11,12 @@ generated token (wall ms, LM token-forwards, reward calls). Expensive methods (c
 from __future__ import annotations
 
 import copy
-import time
 import dataclasses
+import time
 from dataclasses import dataclass
 
-from alignlab.decoding import decode, train_prefix_scorer
+from alignlab.decoding import METHODS, DecodeOutput, decode, train_prefix_scorer
 from alignlab.decoding.metrics import coherence, diversity
-from alignlab.decoding.types import METHODS, DecodeOutput
 from alignlab.eval.harness import MethodResult, result_from_generations, summarize
 
 # A principle for Linear Alignment written for the embedded task (docs/gold_reward.md says what the gold
@@ -73,12 +72,6 @@ def merged_copy(peft_policy):
     return copy.deepcopy(peft_policy).merge_and_unload().eval()
 
 
-def standalone_models(peft_policy):
-    """(reference, aligned) plain models from a LoRA-wrapped policy: a copy with the adapter removed and a copy
-    with it merged. Decoding needs both as independent modules (TQ* runs them side by side)."""
-    return copy.deepcopy(peft_policy).unload().eval(), merged_copy(peft_policy)
-
-
 def _result(name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None) -> MethodResult:
     kl = [o.kl if o.kl is not None else kl_default for o in outs]
     return result_from_generations(name, outs, gold, prompts, None if any(v is None for v in kl) else kl)
@@ -98,7 +91,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         expensive methods use the first ``settings.subset`` of them. Greedy decoding always runs (first row):
         it is every row's baseline.
     gold: the judge (default: the gold reward). methods / max_new_tokens / seed override ``settings``.
-    model: the reference policy π_ref (a plain module; see ``standalone_models`` for LoRA policies).
+    model: the reference policy π_ref (a plain module; ``merged_copy`` turns a LoRA policy into one).
     rollout_model: TQ*'s aligned baseline (e.g. the DPO model); None = π_ref itself (the training-free CD
         baseline of spec §3, named so in the row).
     guide_reward: the reward the methods optimise (default: the judge itself -- optimistic, see the notes);
@@ -107,7 +100,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
     """
     from alignlab.rewards import CachedEmbedder
     from alignlab.task.gold import GoldReward
-    from alignlab.task.prompts import load_task_prompts
+    from alignlab.task.prompts import balanced, load_task_prompts
 
     s = settings or DecodingEvalSettings()
     over = {k: v for k, v in dict(methods=tuple(methods) if methods else None, max_new_tokens=max_new_tokens,
@@ -122,7 +115,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
     if baseline_reward is None:
         baseline_reward = GoldReward(embedder=gold.embedder if hasattr(gold, "embedder") else None, w_length=0.0)
     if prompts is None:
-        prompts = [p.instruction for p in load_task_prompts("eval")][:s.prompts]
+        prompts = [p.instruction for p in balanced(load_task_prompts("test"), s.prompts)]
     sub = prompts[:s.subset]
     common = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed)
     ro = rollout_model if rollout_model is not None else model

@@ -14,7 +14,9 @@ from torch import nn
 from alignlab.ops.logprobs import SeqLogps, completion_logps, gather_token_logps
 
 
-def _fast_path_ok(model) -> bool:
+def fast_path_ok(model) -> bool:
+    """True when logits are exactly the LM head applied to the decoder's final hidden states, so callers may
+    run the decoder and project only the positions they need."""
     cfg = getattr(model, "config", None)
     # Heads that post-process logits (Gemma-2 soft-capping, Cohere logit_scale) take the generic path.
     special = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
@@ -37,7 +39,7 @@ class SequenceScorer(nn.Module):
         super().__init__()
         self.model = model
         self.temperature = temperature
-        self.fast = _fast_path_ok(model)
+        self.fast = fast_path_ok(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                 return_tokens: bool = False) -> SeqLogps:

@@ -32,7 +32,7 @@ from alignlab.recipes.train import train
 from alignlab.recipes.train import TrainConfig
 from alignlab.rollout.generate import SamplingParams
 from alignlab.task.gold import GoldReward
-from alignlab.task.prompts import load_task_prompts
+from alignlab.task.prompts import balanced, load_task_prompts
 
 
 @dataclass
@@ -105,8 +105,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     fp = model_fingerprint(model)
     gold = GoldReward()
     clock.add("load", t)
-    train_p = load_task_prompts("train")[: cfg.train_prompts]
-    eval_p = load_task_prompts("eval")[: cfg.eval_prompts]
+    train_p = balanced(load_task_prompts("train"), cfg.train_prompts)
+    eval_p = balanced(load_task_prompts("test"), cfg.eval_prompts)
     prompts = _texts(eval_p)
 
     t = time.perf_counter()

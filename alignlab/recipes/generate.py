@@ -3,12 +3,17 @@
     alignlab generate method=tq-direct rollout_model=runs/dpo/final k=10 prompts=my_prompts.jsonl
     alignlab generate method=linear ratio=3 principle="Be concise." limit=20
 
-Writes one JSON line per prompt (prompt, text, finished, reward of the final response, KL figure, cost with
-tokens / model calls / reward calls / wall time, and per-token costs) and prints a summary. Method
-parameters left unset (null) take the method's defaults (alignlab.decoding.types; docs/decoding.md).
+Writes a run directory (``output_dir``): config.yaml (the resolved config), outputs.jsonl (one line per
+prompt: prompt, text, finished, reward of the final response, KL figure, cost with tokens / model calls /
+reward calls / wall time, and per-token costs), summary.json (the printed summary) and report.md (the
+summary as a table). Method parameters left unset (null) take the method's defaults (alignlab.decoding.types;
+docs/decoding.md). A key the chosen method does not read, set away from its default, is an error
+(``GenerateConfig.validate``, before any model loads): which keys a method reads follows from its registry
+entry (alignlab.decoding.registry.DECODING).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -17,22 +22,44 @@ from pathlib import Path
 import torch
 
 from alignlab.config import save_config
-from alignlab.decoding.types import METHOD_PARAMS, METHODS, Cost
+from alignlab.decoding.registry import DECODING, METHODS, DecodingSpec
+from alignlab.decoding.types import Cost
 
-# Keys that map 1:1 onto method parameters; None = the method's default.
-_METHOD_KEYS = ("n", "return_all", "k", "w", "greedy", "temperature", "top_k", "top_p", "horizon", "rollouts",
-                "rollout_temperature", "rollout_top_p", "beta", "mode", "block_size", "num_blocks",
-                "block_temperature", "principle", "system_prompt", "ratio", "batched")
+# Keys every method reads.
+COMMON_KEYS = ("method", "model", "prompts", "limit", "output_dir", "reward", "dtype", "device", "threads",
+               "max_new_tokens", "batch_size", "seed", "stop_at_eos")
+# Keys that map 1:1 onto method parameters (read by the methods whose parameter class has the field);
+# None = the method's default.
+PARAM_KEYS = ("n", "return_all", "k", "w", "greedy", "temperature", "top_k", "top_p", "horizon", "rollouts",
+              "rollout_temperature", "rollout_top_p", "beta", "mode", "block_size", "num_blocks",
+              "block_temperature", "principle", "system_prompt", "ratio", "batched")
+# Keys that serve one of a method's needs (DecodingSpec.needs); "reward" is a common key (every method's
+# outputs are scored with it).
+SCORER_TRAIN_KEYS = ("scorer_out", "cd_train_prompts", "cd_samples", "cd_max_new_tokens")  # only without scorer=
+NEED_KEYS = {"rollout_model": ("rollout_model",), "baseline_reward": ("baseline_reward",),
+             "scorer": ("scorer",) + SCORER_TRAIN_KEYS}
+# Keys read by the methods with per-step diagnostics (DecodingSpec.step_diagnostics).
+STEP_KEYS = ("save_steps",)
+
+
+def method_keys(spec: DecodingSpec) -> tuple[str, ...]:
+    """The method-specific config keys ``spec``'s method reads (besides COMMON_KEYS)."""
+    keys = [k for k in PARAM_KEYS if k in spec.param_names()]
+    for need in sorted(spec.needs):
+        keys += NEED_KEYS.get(need, ())
+    if spec.step_diagnostics:
+        keys += STEP_KEYS
+    return tuple(keys)
 
 
 @dataclass
 class GenerateConfig:
     method: str = "greedy"  # greedy | sample | best-of-n | args | cd | tq-direct | tq-indirect | linear
     model: str = "smollm2-135m-instruct"  # proposal / reference policy: alias, local dir or hub id
-    prompts: str = "task:eval"  # .jsonl (prompt / instruction / messages) or .txt file, hf:..., task:eval, task:train
+    prompts: str = "task:test"  # .jsonl (prompt / instruction / messages) or .txt file, hf:..., task:test|validation|train
     limit: int = 0  # first N prompts (0 = all)
-    output: str = "runs/generate/outputs.jsonl"  # JSONL, one line per prompt; config.yaml is written beside it
-    reward: str = "gold"  # gold | none | dir or hub id of a sequence-classification reward model | registered name
+    output_dir: str = "runs/generate"  # run directory: config.yaml, outputs.jsonl, summary.json, report.md
+    reward: str = "gold"  # gold | none | dir or hub id of a sequence-classification reward model
     baseline_reward: str = ""  # tq-indirect: the reward the rollout model was aligned to (same forms as reward)
     rollout_model: str = ""  # tq-*: the aligned baseline model (same tokenizer); "base" = the proposal model
     scorer: str = ""  # cd: a saved prefix-scorer dir; empty = train one now on the task's train prompts
@@ -43,7 +70,7 @@ class GenerateConfig:
     dtype: str = "float32"  # model dtype; score arithmetic is fp32 regardless
     device: str = ""  # e.g. cuda; empty = cpu
     threads: int = 0  # torch CPU threads; 0 = torch default
-    save_steps: bool = False  # include per-step diagnostics (candidates, Q̂, scores) in the JSONL
+    save_steps: bool = False  # args / cd / tq: include per-step diagnostics (candidates, Q̂, scores) in outputs.jsonl
     max_new_tokens: int = 128  # response budget
     batch_size: int = 8  # prompts decoded together
     seed: int = 0
@@ -71,24 +98,40 @@ class GenerateConfig:
     batched: bool | None = None  # linear: both contexts in one forward (true)
 
     def validate(self) -> None:
+        """Every problem visible without a model: unknown method, keys the method does not read, missing
+        inputs the method needs, invalid parameter values."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        self.method_params()  # unknown / inapplicable keys fail before any model is loaded
+        spec = DECODING[self.method]
+        reads = set(COMMON_KEYS) | set(method_keys(spec))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name not in reads and v != f.default:
+                own = ", ".join(method_keys(spec)) or "none"
+                raise ValueError(f"{f.name}={v!r} does not apply to method {self.method!r}; the keys it reads "
+                                 f"besides the common ones ({', '.join(COMMON_KEYS)}) are: {own}")
+        no_reward = self.reward.lower() in ("", "none")
+        if "reward" in spec.needs and no_reward:
+            raise ValueError(f"{self.method} needs a reward (reward=gold or a reward model dir)")
+        if "rollout_model" in spec.needs and not self.rollout_model:
+            raise ValueError(f"{self.method} needs rollout_model=PATH (the aligned baseline) or rollout_model=base")
+        if "baseline_reward" in spec.needs and not self.baseline_reward:
+            raise ValueError(f"{self.method} needs baseline_reward=... (the reward the rollout model was aligned to)")
+        if "scorer" in spec.needs and not self.scorer and no_reward:
+            raise ValueError(f"{self.method} needs scorer=DIR or a reward to train a prefix scorer with")
+        if self.scorer:  # a loaded scorer is not trained: the training keys would be ignored
+            for key in SCORER_TRAIN_KEYS:
+                if getattr(self, key) != self.__dataclass_fields__[key].default:
+                    raise ValueError(f"{key}={getattr(self, key)!r} only applies when {self.method} trains a prefix "
+                                     f"scorer; scorer={self.scorer!r} loads one")
+        self.method_params()
 
     def method_params(self) -> dict:
-        from alignlab.decoding.types import make_params
-
-        valid = {f for f in METHOD_PARAMS[self.method].__dataclass_fields__}
+        """decode()'s parameter keywords (validated): the common ones and the method keys that are set."""
         kw = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed,
                   stop_at_eos=self.stop_at_eos)
-        for key in _METHOD_KEYS:
-            v = getattr(self, key)
-            if v is None:
-                continue
-            if key not in valid:
-                raise ValueError(f"{key}={v!r} does not apply to method {self.method!r}")
-            kw[key] = v
-        make_params(self.method, **kw)
+        kw.update({k: getattr(self, k) for k in PARAM_KEYS if getattr(self, k) is not None})
+        DECODING[self.method].make_params(**kw)
         return kw
 
 
@@ -111,8 +154,10 @@ def main(cfg: GenerateConfig) -> dict:
     from alignlab.rewards import load_reward
 
     t_start = time.perf_counter()
-    out_path = Path(cfg.output)
-    save_config(cfg, out_path.parent)
+    cfg.validate()
+    spec = DECODING[cfg.method]
+    run_dir = Path(cfg.output_dir)
+    save_config(cfg, run_dir)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     params = cfg.method_params()
@@ -121,45 +166,40 @@ def main(cfg: GenerateConfig) -> dict:
     model, tok = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device)
     reward = load_reward(cfg.reward)
     kw: dict = {}
-    if cfg.method.startswith("tq"):
-        if not cfg.rollout_model:
-            raise ValueError(f"{cfg.method} needs rollout_model=PATH (the aligned baseline) or rollout_model=base")
+    if "rollout_model" in spec.needs:
         if cfg.rollout_model == "base":
             kw["rollout_model"] = model
         else:
             kw["rollout_model"], kw["rollout_tokenizer"] = load_model_and_tokenizer(cfg.rollout_model, dtype=cfg.dtype,
                                                                                     device=device)
-    if cfg.method == "tq-indirect":
-        if not cfg.baseline_reward:
-            raise ValueError("tq-indirect needs baseline_reward=... (the reward the rollout model was aligned to)")
+    if "baseline_reward" in spec.needs:
         kw["baseline_reward"] = load_reward(cfg.baseline_reward)
     scorer_report = None
-    if cfg.method == "cd":
+    if "scorer" in spec.needs:
         kw["scorer"], scorer_report = _scorer(cfg, model, tok, reward)
     t0 = time.perf_counter()
     outs = decode(model, tok, prompts, cfg.method, reward=reward, score_outputs=reward is not None, **kw, **params)
     decode_s = time.perf_counter() - t0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w") as fh:
+    with open(run_dir / "outputs.jsonl", "w") as fh:
         for o, p, s in zip(outs, prompts, sources):
             row = {"prompt": p, "source": s, **o.to_json()}
             if cfg.save_steps and o.steps is not None:
                 row["steps"] = [vars(st) for st in o.steps]
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = _summary(cfg, outs, decode_s, time.perf_counter() - t_start, scorer_report)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "report.md").write_text(report_md(summary, spec))
     print(json.dumps(summary, indent=2))
-    print(f"outputs: {out_path}")
+    print(f"run directory: {run_dir} (config.yaml, outputs.jsonl, summary.json, report.md)")
     return summary
 
 
 def _scorer(cfg: GenerateConfig, model, tok, reward):
-    from alignlab.decoding.cd import PrefixScorer, train_prefix_scorer
+    from alignlab.decoding import PrefixScorer, train_prefix_scorer
     from alignlab.task.prompts import load_task_prompts
 
     if cfg.scorer:
         return PrefixScorer.load(cfg.scorer), {"loaded": cfg.scorer}
-    if reward is None:
-        raise ValueError("cd needs scorer=DIR or a reward to train a prefix scorer with")
     train = [p.instruction for p in load_task_prompts("train")[: cfg.cd_train_prompts]]
     scorer, report = train_prefix_scorer(model, tok, train, reward, samples_per_prompt=cfg.cd_samples,
                                          max_new_tokens=cfg.cd_max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -183,3 +223,23 @@ def _summary(cfg, outs, decode_s, total_s, scorer_report) -> dict:
     if scorer_report:
         s["scorer"] = scorer_report
     return s
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def report_md(summary: dict, spec: DecodingSpec) -> str:
+    """The summary as a markdown table (nested dicts flattened to ``key.sub``)."""
+    rows = []
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            rows += [(f"{k}.{sk}", sv) for sk, sv in v.items()]
+        else:
+            rows.append((k, v))
+    lines = [f"# alignlab generate: {spec.name}", "", spec.summary + ".", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    lines += ["", "Per-prompt rows: outputs.jsonl; the resolved config: config.yaml.", ""]
+    return "\n".join(lines)

@@ -138,3 +138,15 @@ def load_task_prompts(split: str | None = None) -> list[TaskPrompt]:
     text = resources.files("alignlab.task").joinpath("prompts.jsonl").read_text(encoding="utf-8")
     prompts = parse_task_prompts(text, source="alignlab/task/prompts.jsonl")
     return [p for p in prompts if split is None or p.split == split]
+
+
+def balanced(prompts: list[TaskPrompt], n: int | None = None) -> list[TaskPrompt]:
+    """The first ``n`` prompts taken round-robin over categories (file order within each), so that a small
+    subset covers every category instead of the first few of the category-major file."""
+    by_cat: dict[str, list[TaskPrompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    out: list[TaskPrompt] = []
+    for k in range(max((len(v) for v in by_cat.values()), default=0)):
+        out += [v[k] for v in by_cat.values() if k < len(v)]
+    return out if n is None else out[:n]
