@@ -3,7 +3,7 @@
 A reward is text-in: ``reward(prompts, responses, finished=None) -> list[float]``, one float per
 (prompt, response) pair, plus a ``name``. Text-in is deliberate: the policy and a reward model usually
 have different tokenizers, so token ids never cross between them; each reward tokenises the decoded
-policy text itself (and the policy text never contains special tokens, R11). ``finished`` tells whether
+policy text itself (and the policy text never contains special tokens, docs/conventions.md R11). ``finished`` tells whether
 the response ended at EOS (True), was cut by a budget (False) or is unknown (None); partial sequences
 scored by ARGS are passed with finished=False.
 

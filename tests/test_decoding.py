@@ -1,5 +1,5 @@
 """Decoding loops on tiny models: reductions, caches and batching, stopping, costs, tokenizer round-trip and
-bad input (specs/decoding.md §8 items 2, 3, 6, 8, 11-14; pitfalls R11)."""
+bad input (docs/conventions.md D8 items 2, 3, 6, 8, 11-14; R11)."""
 import pytest
 import torch
 
@@ -42,7 +42,7 @@ def ids(outs):
     return [o.completion_ids for o in outs]
 
 
-# ------------------------------------------------------------------------------- §8.2-8.3 reductions
+# ------------------------------------------------------------------------------- D8.2-D8.3 reductions
 
 
 def test_zero_weight_and_k1_reduce_to_greedy(toy):
@@ -111,7 +111,7 @@ def test_direct_q_equals_deterministic_rollout_reward(toy):
         assert q == pytest.approx(wiggly(PROMPTS[0], text), abs=1e-6)
 
 
-# ------------------------------------------------------------------------------- §8.11 caches and batching
+# ------------------------------------------------------------------------------- D8.11 caches and batching
 
 
 def test_cached_batched_equals_uncached_unbatched(toy):
@@ -192,7 +192,7 @@ def test_rm_batched_scoring_equals_one_at_a_time():
     assert a == pytest.approx(b, abs=1e-5)
 
 
-# ------------------------------------------------------------------------------- §8.12 stopping
+# ------------------------------------------------------------------------------- D8.12 stopping
 
 
 def test_stopping_and_finished_rows(toy):
@@ -224,7 +224,7 @@ def test_eos_candidate_has_zero_rollout_and_is_scored_finished(toy):
     assert out.cost.rollout_tokens <= (V - 1) * 3  # the EOS candidate got no rollout tokens
 
 
-# ------------------------------------------------------------------------------- §8.13 tokenizer round-trip
+# ------------------------------------------------------------------------------- D8.13 tokenizer round-trip
 
 
 def _tiny_rm(**tok_kw):
@@ -266,7 +266,7 @@ def test_mismatched_rm_tokenizer_round_trip(toy, variant):
         assert enc[0] == bos  # the RM's tokenizer wants a BOS: exactly one at the start
 
 
-# ------------------------------------------------------------------------------- §8.14 cost counters
+# ------------------------------------------------------------------------------- D8.14 cost counters
 
 
 def test_cost_counters(toy):

@@ -1,4 +1,4 @@
-"""Pure math of decoding-time alignment: specs/decoding.md §8 items 1, 4, 5, 7, 8, 9, 10 and 15."""
+"""Pure math of decoding-time alignment: docs/conventions.md D8 items 1, 4, 5, 7, 8, 9, 10 and 15."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from alignlab.decoding.scores import (bon_exact_kl, bon_kl_bound, bon_win_rate_b
                                       direct_q, draw, guided_scores, indirect_q, nucleus_keep, select, step_kl,
                                       step_kl_bound, topk_candidates)
 
-# ----------------------------------------------------------------------------------------------- §8.1 BoN
+# ----------------------------------------------------------------------------------------------- D8.1 BoN
 
 
 def test_bon_kl_values_and_monotone():
@@ -33,7 +33,7 @@ def test_bon_exact_discrete_kl_below_bound():
         assert bon_exact_kl(p, [0.0, 1.0, 2.0], n) <= bon_kl_bound(n)
 
 
-# ----------------------------------------------------------------------------------------------- §8.4 scores
+# ----------------------------------------------------------------------------------------------- D8.4 scores
 
 
 def test_candidate_distribution_normalised_and_invariances():
@@ -71,7 +71,7 @@ def test_draw_never_picks_masked_and_matches_frequencies():
     assert select(torch.tensor([[1.0, 3.0, 3.0]]), greedy=True).item() == 1  # first on ties
 
 
-# ----------------------------------------------------------------------------------------------- §8.5 lookahead toy
+# ----------------------------------------------------------------------------------------------- D8.5 lookahead toy
 
 
 def test_lookahead_toy():
@@ -103,7 +103,7 @@ def test_args_equals_tq_with_zero_horizon_scores():
     assert torch.equal(guided_scores(base, direct_q(r_partial.unsqueeze(-1)), 1.3), guided_scores(base, r_partial, 1.3))
 
 
-# ----------------------------------------------------------------------------------------------- §8.7-8.8 estimators
+# ----------------------------------------------------------------------------------------------- D8.7-D8.8 estimators
 
 
 def test_indirect_estimator_values_and_reductions():
@@ -144,7 +144,7 @@ def test_estimators_converge_on_enumerable_toy():
     assert 0 < ess.item() <= 200_000
 
 
-# ----------------------------------------------------------------------------------------------- §8.9-8.10 LA
+# ----------------------------------------------------------------------------------------------- D8.9-D8.10 LA
 
 Z0 = torch.tensor([[2.0, 1.0, -3.0]])
 ZP = torch.tensor([[2.0, 1.5, -1.0]])
@@ -228,7 +228,7 @@ def test_nucleus_partial_sort_equals_full_sort():
         assert torch.equal(nucleus_keep(z, 0.8, head=16), full)
 
 
-# ----------------------------------------------------------------------------------------------- §8.15 metrics
+# ----------------------------------------------------------------------------------------------- D8.15 metrics
 
 
 def test_metrics_values():

@@ -173,7 +173,7 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
               f"({max(mdiff4, key=mdiff4.get)})")
         # Different padding/summation order: summed log-probs of ~-100..-150 carry fp32 noise of a few ulp
         # (ulp(128) = 7.6e-6; observed ~1.5e-5), and Adam's m/sqrt(v) amplifies gradient noise where g ~ 0
-        # (observed ~2e-5 after 3 steps at lr 1e-3). A normalisation bug (R7) would be O(1e-1) here, and a
+        # (observed ~2e-5 after 3 steps at lr 1e-3). A normalisation bug (docs/conventions.md R7) would be O(1e-1) here, and a
         # uniform gradient scale error shows in grad_norm.
         bad = [b for b in metrics_close(r4["metrics"], r2["metrics"]) if not close(b[2], b[3], 1e-5, 5e-5)]
         assert not bad, bad
@@ -190,7 +190,7 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
 
 
 def test_uneven_dataset_finishes_on_both_ranks(tmp_path, assets):
-    """11 pairs, global batch 2 x 2 = 4: 2 steps, 3 pairs left over (reported), both ranks finish (R5)."""
+    """11 pairs, global batch 2 x 2 = 4: 2 steps, 3 pairs left over (reported), both ranks finish (docs/conventions.md R5)."""
     cp = _run(tmp_path / "uneven", assets["model"], assets["data11"], 2, "--per-device", "2", "--max-steps", "0")
     res, _ = _result(tmp_path / "uneven", cp, 2)
     assert res["steps"] == 2

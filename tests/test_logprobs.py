@@ -1,4 +1,4 @@
-"""Log-prob convention (specs/preference_losses.md §2, §6.1-6.2) and the SequenceScorer fast path."""
+"""Log-prob convention (docs/conventions.md L2, L6.1-L6.2) and the SequenceScorer fast path."""
 import torch
 
 from alignlab.data.collate import pad_sequences

@@ -1,4 +1,4 @@
-"""Hand-computed values from specs/preference_losses.md §6 for every loss."""
+"""Hand-computed values from docs/conventions.md L6 for every loss."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Training loop: gradient-accumulation invariance (R7), step-0 invariants (R6/R8), resume, NaN stop, CLI."""
+"""Training loop: gradient-accumulation invariance (docs/conventions.md R7), step-0 invariants (R6/R8), resume, NaN stop, CLI."""
 import json
 import math
 

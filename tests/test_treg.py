@@ -1,4 +1,4 @@
-"""T-REG (specs/treg.md §8): loss values and gradients, token rewards by contrastive prompting, alignment, caching,
+"""T-REG (docs/conventions.md T8): loss values and gradients, token rewards by contrastive prompting, alignment, caching,
 training integration and bad input."""
 import json
 import math
@@ -77,7 +77,7 @@ def text_pairs(tokenizer, n=6, seed=0, max_length=96, max_prompt_length=48):
 
 
 def test_golden_vector():
-    """spec §8.7: beta 0.1, alpha 0.5, sum reduction, w detached."""
+    """T8.7: beta 0.1, alpha 0.5, sum reduction, w detached."""
     lp, mask, rh = _terms([[-1.0, -2.0], [-1.5, -0.5, -3.0]], [[0.3, -0.1], [-0.4, 0.2, -0.2]])
     p = _pair_logps(lp, mask, torch.tensor([-3.7, -3.7], dtype=F64))
     t = TokenTerms(lp, mask, rh)
@@ -100,7 +100,7 @@ def test_golden_vector():
 @pytest.mark.parametrize("loss,base,params", [("dpo_treg", "dpo", {"beta": 0.1}),
                                               ("simpo_treg", "simpo", {"beta": 2.0, "gamma_beta_ratio": 0.3})])
 def test_alpha_zero_and_zero_rewards_are_exactly_the_base_loss(loss, base, params):
-    """spec §8.1-2: alpha = 0 (any r̂) and r̂ = 0 (any alpha) give the base loss and gradients bit for bit."""
+    """T8.1-T8.2: alpha = 0 (any r̂) and r̂ = 0 (any alpha) give the base loss and gradients bit for bit."""
     lp_rows, rh_rows, ref = _random_case(1)
     for alpha, zero in ((0.0, False), (0.7, True)):
         lp, mask, rh = _terms(lp_rows, rh_rows)
@@ -133,7 +133,7 @@ def test_weight_half_at_init_in_unit_interval_and_static():
 
 
 def test_detached_weight_gradient_decomposition_and_reference_independence():
-    """spec §8.6 and §8.8: grad = grad DPO + alpha*w*grad L_REG with w fixed; -sum r̂ b log pi and
+    """T8.6 and T8.8: grad = grad DPO + alpha*w*grad L_REG with w fixed; -sum r̂ b log pi and
     -sum r̂ b (log pi - log pi_ref) have identical gradients."""
     lp_rows, rh_rows, ref = _random_case(3)
     alpha, beta = 0.4, 0.2
@@ -157,7 +157,7 @@ def test_detached_weight_gradient_decomposition_and_reference_independence():
 
 
 def test_regularizer_update_sign_on_chosen_and_rejected():
-    """spec §8.5: one SGD step on L_REG alone raises log pi where r̂ > 0 and lowers it where r̂ < 0, on both sides."""
+    """T8.5: one SGD step on L_REG alone raises log pi where r̂ > 0 and lowers it where r̂ < 0, on both sides."""
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 7, dtype=F64, requires_grad=True)  # chosen row 0, rejected row 1
     targets = torch.randint(0, 7, (2, 4))
@@ -231,7 +231,7 @@ def test_precompute_two_rows_per_response_swap_negates_cache_and_batch_independe
 
 
 def test_precompute_equals_online_full_logits():
-    """spec §8.11: cached r̂ equals r̂ recomputed from full logits of one sequence at a time (fp32, 1e-6)."""
+    """T8.11: cached r̂ equals r̂ recomputed from full logits of one sequence at a time (fp32, 1e-6)."""
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=2)
     pairs = text_pairs(tok, 2, seed=3)
@@ -250,7 +250,7 @@ def test_precompute_equals_online_full_logits():
 
 
 class _StubLM(torch.nn.Module):
-    """Favours token A when the context contains "better", token B otherwise (spec §8.4)."""
+    """Favours token A when the context contains "better", token B otherwise (T8.4)."""
 
     def __init__(self, marker, a, b, vocab):
         super().__init__()
@@ -379,7 +379,7 @@ def _grads(loss, per_device, accum, rewards, extra):
 
 @pytest.mark.parametrize("loss,extra", [("dpo_treg", {}), ("simpo_treg", {}), ("dpo_treg", {"sft_weight": 0.3})])
 def test_grad_accumulation_invariance_treg(loss, extra):
-    """pitfalls R7 for the token-level losses: 1x8, 2x4, 8x1 give the same gradient (float64)."""
+    """R7 for the token-level losses: 1x8, 2x4, 8x1 give the same gradient (float64)."""
     g = torch.Generator().manual_seed(0)
 
     def rewards(pairs):

@@ -1,4 +1,4 @@
-"""Cross-check against TRL 1.16.0's DPOTrainer on the real SmolLM2-135M-Instruct (specs/preference_losses.md §5).
+"""Cross-check against TRL 1.16.0's DPOTrainer on the real SmolLM2-135M-Instruct (docs/conventions.md L5).
 
 Recipe: fp32, dropout off, 8 Anthropic-HH pairs (the first 8 records of the harmless-base test split that
 TRL keeps at this ``max_length``), one batch of all 8 pairs, one plain SGD step (no momentum, constant lr,
@@ -67,7 +67,7 @@ if not HH_FILE.is_file():
     pytest.skip(f"HH data not found at {HH_FILE}", allow_module_level=True)
 if trl.__version__ != TRL_VERSION:
     pytest.skip(f"TRL parity is pinned to trl=={TRL_VERSION}; found {trl.__version__} (TRL's DPO changed a lot "
-                "between versions, see specs/preference_losses.md §5)", allow_module_level=True)
+                "between versions, see docs/conventions.md L5)", allow_module_level=True)
 
 pytestmark = pytest.mark.slow
 

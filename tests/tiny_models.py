@@ -2,7 +2,7 @@
 
 The tokenizer is byte-level (ids 0..255 are the raw bytes, so any text round-trips)
 plus two ChatML special tokens. Variants cover the tokenizer families that the
-tokenization audit must handle (pitfalls R3): no automatic BOS (SmolLM2/ChatML),
+tokenization audit must handle (docs/conventions.md R3): no automatic BOS (SmolLM2/ChatML),
 automatic BOS (Llama-style), ``bos_token=None`` (Qwen2-style) and a template that
 injects a default system prompt (SmolLM2-style).
 """

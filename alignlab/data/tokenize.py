@@ -1,4 +1,4 @@
-"""Tokenization of preference records into prompt / completion ids (specs/preference_losses.md §2.6-2.7).
+"""Tokenization of preference records into prompt / completion ids (docs/conventions.md L2.6-L2.7).
 
 Policy (documented in docs/data.md):
 - The prompt is rendered with the tokenizer's chat template (generation prompt on) when it has one; a plain
@@ -107,7 +107,7 @@ class PairTokenizer:
         return ids
 
     def audit(self, prompt_ids: list[int], completion_ids: list[int], source: str) -> None:
-        """pitfalls R3: no doubled BOS, exactly one EOS at the end of the completion."""
+        """R3: no doubled BOS, exactly one EOS at the end of the completion."""
         if self.bos_id is not None and len(prompt_ids) >= 2 and prompt_ids[0] == prompt_ids[1] == self.bos_id:
             raise TokenizationError(f"{source}: prompt starts with a duplicated BOS token (template + tokenizer)")
         if completion_ids.count(self.eos_id) != 1 or completion_ids[-1] != self.eos_id:

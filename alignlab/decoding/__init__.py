@@ -1,5 +1,5 @@
 """Decoding-time alignment: best-of-N, ARGS, controlled decoding, Transfer Q* and Linear Alignment behind
-one function, ``decode`` (docs/decoding.md; specs/decoding.md).
+one function, ``decode`` (docs/decoding.md; docs/conventions.md D).
 
 Pure math lives in ``scores`` (candidate scores, estimators, BoN KL) and ``linear`` (LA combination); the
 loops (``loops``, ``guided``, ``la``, ``cd``) only drive cached, batched model calls (``lm``). ``registry``

@@ -1,4 +1,4 @@
-"""``decode``: the one entry point of decoding-time alignment (specs/decoding.md §0).
+"""``decode``: the one entry point of decoding-time alignment (docs/conventions.md D0).
 
     outs = decode(model, tokenizer, prompts, method="tq-direct", reward=GoldReward(), rollout_model=dpo, k=10)
 

@@ -1,4 +1,4 @@
-"""Controlled decoding (specs/decoding.md §3): a FUDGE-style prefix scorer and the cd decoders (tokenwise
+"""Controlled decoding (docs/conventions.md D3): a FUDGE-style prefix scorer and the cd decoders (tokenwise
 through the shared candidate loop of ``guided``, blockwise here).
 
 Prefix scorer V_θ([x, y^t]): a small head (linear or MLP) on the **frozen** proposal model's final hidden

@@ -1,4 +1,4 @@
-"""Training the prefix scorer of controlled decoding (CD-FUDGE, specs/decoding.md §3).
+"""Training the prefix scorer of controlled decoding (CD-FUDGE, docs/conventions.md D3).
 
 Sample y ~ π_ref(·|x) (best-of-n decoding with ``return_all``), score the full y with the reward r, regress
 every prefix [x, y^t], t = 1..|y| onto r([x, y]) (squared loss). The data are on-policy for π_ref, so V_θ

@@ -1,13 +1,13 @@
-"""Candidate-scoring decoders (specs/decoding.md §2-§4): ARGS, Transfer Q* (direct / indirect) and
+"""Candidate-scoring decoders (docs/conventions.md D2-D4): ARGS, Transfer Q* (direct / indirect) and
 tokenwise controlled decoding share one loop; only the estimate Q̂(s, z) of each top-k candidate differs.
 
     ARGS        Q̂ = r([x, y, z])                               (the reward on the partial sequence)
     TQ*         Q̂ = mean / SNIS over M rollouts τ ~ ρ_BL(·|[x, y, z]) of r([x, y, z, τ]), |τ| <= H
     CD          Q̂ = V_θ([x, y, z])                             (a learned prefix scorer)
 
-ARGS is literally TQ* with H = 0: the same code path (spec §8.6).
+ARGS is literally TQ* with H = 0: the same code path (D8.6).
 
-Efficiency (R2.4, spec §7): per step, the k candidates are fed in ONE batched call on a fork of the prefix
+Efficiency (R2.4, D7): per step, the k candidates are fed in ONE batched call on a fork of the prefix
 cache (never re-encoding the prefix); all k·M rollouts of all prompts of the batch advance together, one
 forward per rollout token; one reward call scores every rollout of the step. When the rollout model is
 the proposal model itself (or for CD), the chosen candidate's forked row *is* the next policy state, so the
@@ -30,7 +30,7 @@ def run_rollouts(lm: LM, cst: LMState, cand_done: torch.Tensor, owners: list[int
     """Continue every candidate row of ``cst`` (already fed its candidate) with M rollouts of <= H tokens.
 
     Rows are candidate-major, rollout-minor: row f = c·M + m. A candidate that is itself a stop id gets
-    rollout length 0 and counts as finished (spec §8.12). ``owners[c]`` = prompt slot of candidate row c.
+    rollout length 0 and counts as finished (D8.12). ``owners[c]`` = prompt slot of candidate row c.
     Returns (rollout tokens per row, finished per row).
     """
     R = cst.rows * M

@@ -1,4 +1,4 @@
-"""Linear Alignment decoding loop (specs/decoding.md §5): one model, two contexts of the same prompt --
+"""Linear Alignment decoding loop (docs/conventions.md D5): one model, two contexts of the same prompt --
 without and with a principle in the system prompt -- advanced with the same chosen token.
 
 Contexts: both are built from ONE template rendering (a placeholder in the system message, split there),

@@ -1,4 +1,4 @@
-"""Linear Alignment math (specs/decoding.md §5), pure functions over logits.
+"""Linear Alignment math (docs/conventions.md D5), pure functions over logits.
 
 z_0: next-token logits of the context without the principle; z_p: with the principle in the system prompt.
 Both [B, V]; everything is upcast to fp32 before combining (a bf16 difference of large logits loses bits).

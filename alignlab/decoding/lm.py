@@ -1,4 +1,4 @@
-"""Cached, batched stepping of a causal LM: the only place decoding loops touch a model (R2.4, R11).
+"""Cached, batched stepping of a causal LM: the only place decoding loops touch a model (docs/conventions.md R2.4, R11).
 
 Rows are left-padded; every call passes an explicit attention mask and explicit position ids (the number
 of real tokens before each position), so a row's logits do not depend on its padding or its batch.

@@ -2,7 +2,7 @@
 
 A batch holds the prompts decoded together; each prompt owns one or more rows (best-of-N samples,
 candidates, rollouts). Rows that hit a stop id are dropped from the cached state at once (``LM.select``),
-so finished rows are never extended and never cost another forward pass (R11).
+so finished rows are never extended and never cost another forward pass (docs/conventions.md R11).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def prefill(lm: LM, batch: list[Prepared], costs: list[Cost], rows: list[list[in
 
 def sampler(temperature: float, top_k: int, top_p: float) -> Callable:
     """choose(logits [R, V], generators) -> token ids [R]. With top_k the draw runs over the top-k list in
-    rank order: exactly what stochastic ARGS / TQ* do with w = 0 (spec §8.2)."""
+    rank order: exactly what stochastic ARGS / TQ* do with w = 0 (D8.2)."""
 
     def choose(logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
         if top_k:

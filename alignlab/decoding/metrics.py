@@ -1,4 +1,4 @@
-"""Evaluation metrics of the decoding papers (specs/decoding.md §6), reimplemented without NLTK/SimCSE.
+"""Evaluation metrics of the decoding papers (docs/conventions.md D6), reimplemented without NLTK/SimCSE.
 
 - Word tokens: a regex ``\\w+|[^\\w\\s]`` (runs of word characters, or one punctuation mark), lowercased --
   close to NLTK's ``word_tokenize`` on plain English, which is not available offline.

@@ -1,6 +1,6 @@
-"""Pure tensor math of the candidate-scoring methods (specs/decoding.md §0-§4); no models, no loops.
+"""Pure tensor math of the candidate-scoring methods (docs/conventions.md D0-D4); no models, no loops.
 
-Everything is computed in fp32 (spec §0 "fp32 score arithmetic"). Shapes: ``[..., k]`` = candidates of one
+Everything is computed in fp32 (D0 "fp32 score arithmetic"). Shapes: ``[..., k]`` = candidates of one
 state in top-k order (most likely first); ``[..., M]`` = rollouts of one candidate.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 def nucleus_keep(z: torch.Tensor, top_p: float, head: int = 256) -> torch.Tensor:
     """Keep-mask of the nucleus of softmax(z): sorted descending, a token is dropped when the mass strictly
-    before it is >= top_p; the most likely token is always kept (spec §5.2).
+    before it is >= top_p; the most likely token is always kept (D5.2).
 
     Sorting a 50k vocabulary per row per step is the expensive part, so the ``head`` most likely tokens are
     taken first (partial sort); only rows whose head holds less than ``top_p`` of the mass fall back to a
@@ -105,7 +105,7 @@ def step_kl(scores: torch.Tensor, base_logps: torch.Tensor) -> torch.Tensor:
 
 
 def step_kl_bound(q: torch.Tensor, w: float) -> torch.Tensor:
-    """Per-step bound KL(π_alg ‖ q) <= w·(max Q̂ − min Q̂) (spec §4.4)."""
+    """Per-step bound KL(π_alg ‖ q) <= w·(max Q̂ − min Q̂) (D4.4)."""
     return w * (q.float().amax(-1) - q.float().amin(-1))
 
 
@@ -113,12 +113,12 @@ def step_kl_bound(q: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def direct_q(rewards: torch.Tensor) -> torch.Tensor:
-    """Q̂ = (1/M) Σ_m r_m over the last dim (rollouts of ρ_BL aligned to the target reward; spec §4.2)."""
+    """Q̂ = (1/M) Σ_m r_m over the last dim (rollouts of ρ_BL aligned to the target reward; D4.2)."""
     return rewards.float().mean(-1)
 
 
 def indirect_q(rewards: torch.Tensor, baseline_rewards: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-normalised importance-sampling estimate over the last dim (spec §4.3), and its ESS.
+    """Self-normalised importance-sampling estimate over the last dim (D4.3), and its ESS.
 
     w̃_m = exp((r_m − r_BL,m)/β);  Q̂ = Σ w̃ r / Σ w̃;  ESS = (Σ w̃)² / Σ w̃². Computed in log space: a shift
     of every log-weight by the same constant (a reward offset c(s)) cancels exactly in both.

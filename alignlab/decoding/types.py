@@ -1,5 +1,5 @@
 """Typed containers of decoding-time alignment: per-method parameters, cost counters, per-step diagnostics
-and the per-prompt output (specs/decoding.md §0, §7).
+and the per-prompt output (docs/conventions.md D0, D7).
 
 Parameters are one dataclass per method, all sharing ``CommonParams`` (which method uses which class is the
 registry, alignlab.decoding.registry); ``decode(**params)`` rejects keys that do not belong to the chosen
@@ -144,7 +144,7 @@ DEFAULT_PRINCIPLE = ("Please give a helpful, honest and harmless answer: address
 
 @dataclass
 class LAParams(CommonParams):
-    """Linear Alignment: z = z_p + ratio·(z_p − z_0), nucleus from softmax(z_p/T) (spec §5)."""
+    """Linear Alignment: z = z_p + ratio·(z_p − z_0), nucleus from softmax(z_p/T) (D5)."""
 
     principle: str = DEFAULT_PRINCIPLE  # appended to the system prompt of the principle context
     system_prompt: str | None = None  # base system prompt of both contexts; None = the template's default

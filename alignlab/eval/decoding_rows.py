@@ -3,7 +3,7 @@
     rows = decoding_rows(model, tok, prompts, gold, methods=["args", "linear"], rollout_model=aligned)  # a list of rows
 
 Each row is ``alignlab.eval.harness.summarize`` of a MethodResult (gold reward ± s.e., win rate and paired
-difference vs greedy decoding on the same prompts) plus: diversity (spec §6, regex word tokens instead of
+difference vs greedy decoding on the same prompts) plus: diversity (docs/conventions.md D6, regex word tokens instead of
 NLTK), coherence (MiniLM cosine instead of SimCSE), the method's KL figure and its kind, and cost per
 generated token (wall ms, LM token-forwards, reward calls). Expensive methods (cd, tq-*) run on the first
 ``subset`` prompts; their row says so and is compared with greedy on that same subset.
@@ -93,7 +93,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
     gold: the judge (default: the gold reward). methods / max_new_tokens / seed override ``settings``.
     model: the reference policy π_ref (a plain module; ``merged_copy`` turns a LoRA policy into one).
     rollout_model: TQ*'s aligned baseline (e.g. the DPO model); None = π_ref itself (the training-free CD
-        baseline of spec §3, named so in the row).
+        baseline of D3, named so in the row).
     guide_reward: the reward the methods optimise (default: the judge itself -- optimistic, see the notes);
         baseline_reward: tq-indirect's r_BL (default: gold without its length term, a stand-in for "the
         reward the baseline was aligned to").
@@ -184,7 +184,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         f"tokens, seed {s.seed}; win rate / Δgold are against greedy decoding on the same prompts",
         "the guiding reward is the gold reward that also judges the rows (best-of-n, args, tq-*, cd): optimistic -- a "
         "held-out judge would show less gain" if guide is gold else "guiding reward differs from the gold judge",
-        f"tq-*: rollouts from {'the given aligned model' if rollout_model is not None else 'π_ref itself (training-free CD baseline, spec §3)'}; "
+        f"tq-*: rollouts from {'the given aligned model' if rollout_model is not None else 'π_ref itself (training-free CD baseline, docs/conventions.md D3)'}; "
         f"tq-indirect: r_BL = {getattr(baseline_reward, 'name', 'baseline reward')} "
         f"{'(gold without the length term, a stand-in)' if getattr(baseline_reward, 'weights', {}).get('length') == 0.0 else ''}",
         "kl column: best-of-n = analytic bound log N − (N−1)/N, sample = 0 (π_ref itself); empty for greedy-selected "

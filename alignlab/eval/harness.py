@@ -4,7 +4,7 @@ Per method: mean gold reward (± standard error over prompts), win rate against 
 gold reward (ties count 1/2), paired difference vs the baseline with its standard error, KL(pi || pi_ref)
 estimated from the method's own samples, mean length, share of answers that finished (EOS), and
 distinct-2 diversity. KL estimator: mean over samples y ~ pi of log pi(y|x) - log pi_ref(y|x), both scored
-at the sampling temperature (the exact log-probs of the distributions sampled, pitfalls R6.2); an
+at the sampling temperature (the exact log-probs of the distributions sampled, docs/conventions.md R6.2); an
 unbiased estimate of KL between the tempered policies. Only methods whose samples come from a policy with
 computable log-probs report it; the others report None.
 """

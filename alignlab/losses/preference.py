@@ -1,8 +1,8 @@
 """Pairwise preference losses as pure functions over per-sequence log-probs (torch only).
 
 Every function returns **per-pair** losses [B]; the recipe divides the sum by the number of pairs in the
-*effective* batch (all micro-batches and ranks of one optimizer step, pitfalls R7), so the batch loss is
-the mean over pairs. Notation follows specs/preference_losses.md: rho = log pi_theta(y|x) - log pi_ref(y|x)
+*effective* batch (all micro-batches and ranks of one optimizer step, docs/conventions.md R7), so the batch loss is
+the mean over pairs. Notation follows L1: rho = log pi_theta(y|x) - log pi_ref(y|x)
 with **summed** completion log-probs, h = rho_w - rho_l, z = beta * h.
 """
 from __future__ import annotations
@@ -79,12 +79,12 @@ def slic(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
 def rdpo(p: PairLogps, beta: float = 0.1, length_alpha: float | None = None) -> torch.Tensor:
     """Length-regularised DPO (R-DPO, arXiv 2403.19159): -log sigma(beta*h + alpha_len*(|y_w| - |y_l|)).
 
-    Lengths are scored completion tokens. The sign is our derivation (spec §3.5, [inferred]): a longer chosen
+    Lengths are scored completion tokens. The sign is our derivation (L3.5, [inferred]): a longer chosen
     answer gets a built-in margin, so the policy gains less by adding length. alpha_len=0 is exactly DPO;
     there is no default.
     """
     if length_alpha is None:
-        raise ValueError("rdpo requires length_alpha (no default; see specs/preference_losses.md §3.5)")
+        raise ValueError("rdpo requires length_alpha (no default; see docs/conventions.md L3.5)")
     dlen = (p.chosen_len - p.rejected_len).to(p.chosen.dtype)
     return -F.logsigmoid(beta * margin(p) + length_alpha * dlen)
 

@@ -37,7 +37,7 @@ class TokenTerms:
     mask:  [2B, T-1] bool, True at the scored response tokens (``completion_mask[:, 1:]``).
     rhat:  [2B, T-1] constant token rewards r̂_t in (-0.5, 0.5), 0 where masked (no gradient).
 
-    Shapes must match exactly: a reward array is never broadcast onto a differently shaped mask (T-REG spec §8.10).
+    Shapes must match exactly: a reward array is never broadcast onto a differently shaped mask (docs/conventions.md T8.10).
     """
 
     logps: torch.Tensor

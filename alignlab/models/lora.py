@@ -1,4 +1,4 @@
-"""LoRA adapters and the reference policy without a second copy of the weights (pitfalls R9).
+"""LoRA adapters and the reference policy without a second copy of the weights (docs/conventions.md R9).
 
 Mode 1 (``apply_lora``): fresh adapter; the reference is the base model, i.e. the adapter disabled.
 Mode 2 (``load_lora``): training continues from an existing adapter; the reference is a frozen copy

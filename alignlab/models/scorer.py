@@ -1,10 +1,10 @@
 """SequenceScorer: the one module that turns (ids, masks) into completion log-probs for training, the
-reference precompute, evaluation and decoding-time scoring (pitfalls R6.1).
+reference precompute, evaluation and decoding-time scoring (docs/conventions.md R6.1).
 
 Why a module: accelerate/DDP must wrap the thing whose forward runs, so gradient sync hooks fire.
 Why hidden states first: the LM head is applied only at the positions that score completion tokens,
 so prompt and pad positions never pay for the vocabulary projection, and the fp32 log-softmax runs
-chunk-wise over those rows only (never full-vocab fp32 logits for the whole batch, pitfalls R1.3).
+chunk-wise over those rows only (never full-vocab fp32 logits for the whole batch, R1.3).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def fast_path_ok(model) -> bool:
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Explicit positions so left/right padding give identical results (pitfalls R4.5)."""
+    """Explicit positions so left/right padding give identical results (R4.5)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -32,7 +32,7 @@ class SequenceScorer(nn.Module):
     """Wraps a causal LM; forward returns summed completion log-probs (and optionally per-token ones).
 
     temperature: logits are divided by it before the log-softmax, so scores match the sampling
-    distribution they are compared with (pitfalls R6.2). 1.0 for training losses.
+    distribution they are compared with (R6.2). 1.0 for training losses.
     """
 
     def __init__(self, model: nn.Module, temperature: float = 1.0):

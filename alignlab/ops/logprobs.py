@@ -1,9 +1,9 @@
 """Per-token and per-sequence log-probabilities: the one implementation every recipe uses.
 
-Convention (specs/preference_losses.md §2): logits at position t-1 score token t (label shift);
+Convention (docs/conventions.md L2): logits at position t-1 score token t (label shift);
 prompt and pad positions contribute exactly 0; the sequence log-prob is the **sum** over completion
 tokens; the log-softmax is always computed in fp32, chunk by chunk, so full-vocabulary fp32 logits
-for the whole batch are never materialised (pitfalls R1.3).
+for the whole batch are never materialised (R1.3).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class SeqLogps:
 
     @property
     def mean(self) -> torch.Tensor:
-        """Per-token mean log-prob; rows with zero tokens give 0, never NaN (pitfalls R4.4)."""
+        """Per-token mean log-prob; rows with zero tokens give 0, never NaN (R4.4)."""
         return self.sum / self.count.clamp(min=1).to(self.sum.dtype)
 
 

@@ -1,4 +1,4 @@
-"""Reference log-probs: computed once, cached on disk, never recomputed per step (pitfalls R1).
+"""Reference log-probs: computed once, cached on disk, never recomputed per step (docs/conventions.md R1).
 
 Cache key = sha256 over (every prompt/chosen/rejected token id after truncation, reference fingerprint,
 dtype). Hashing the final ids covers dataset, tokenizer, chat template and max lengths at once.

@@ -1,15 +1,15 @@
-"""T-REG token rewards by contrastive prompting, computed once per dataset and cached (specs/treg.md §1, §5.1).
+"""T-REG token rewards by contrastive prompting, computed once per dataset and cached (docs/conventions.md T1, T5.1).
 
 For every response token: r̂_t = sigma(log pi_eval(y_t | c_better, y_<t) - log pi_eval(y_t | c_worse, y_<t)) - 0.5,
 where c_better / c_worse are the prompt rewritten by two opposite instructions (a TregTemplate) and pi_eval is a
 frozen causal LM: the reference model (default) or any model with the same tokenizer.
 
-Alignment (spec §5.3.1-4): the response ids scored under both contexts are the pair's training ids themselves
+Alignment (T5.3.1-T5.3.4): the response ids scored under both contexts are the pair's training ids themselves
 (chosen_ids / rejected_ids after truncation, EOS included), concatenated after the context ids; nothing is
 re-tokenized. Only the context is truncated, from the left (a leading BOS is kept). Every row is checked before
 scoring: the ids after each context must equal the training ids, else TokenRewardAlignmentError.
 
-Cost (spec §6): two forward rows per response, both contexts of a response in the same forward batch
+Cost (T6): two forward rows per response, both contexts of a response in the same forward batch
 (``batch_size`` responses = 2 x batch_size rows per forward). fp32 log-softmax (SequenceScorer).
 Cache: ``<cache>/treg_rewards/<key>.safetensors``, next to ``<cache>/reflogps/``; key = refcache's
 reference key (every token id, scorer fingerprint, dtype) + template + context texts + tokenizer + max_length.
@@ -80,7 +80,7 @@ def _fields(text: str) -> set[str]:
         raise TemplateError(f"malformed template {text[:60]!r}: {e}") from None
 
 
-# The project's own wording (specs/treg.md §1.2, [inferred]): the paper's exact instructions could not be
+# The project's own wording (T1.2, [inferred]): the paper's exact instructions could not be
 # confirmed. "revision" (default) pastes the scored response as the draft to improve / worsen.
 _REV = ("Below is a user request and a draft reply. Rewrite the reply so that it is {how}.\n\n"
         "Request:\n{{prompt}}\n\nDraft reply:\n{{response}}")
@@ -185,7 +185,7 @@ def build_context_rows(pt: PairTokenizer, template: TregTemplate, pair: Tokenize
 
 
 def check_rows(rows: ContextRows, training_ids: list[int], bos_id: int | None = None) -> None:
-    """The ids scored after each context must be exactly the training ids (spec §5.3.1); no doubled BOS."""
+    """The ids scored after each context must be exactly the training ids (T5.3.1); no doubled BOS."""
     for name, ctx in (("better", rows.better_ctx), ("worse", rows.worse_ctx)):
         if not ctx:
             raise TokenRewardAlignmentError(f"{rows.source}: empty {name} context")

@@ -1,4 +1,4 @@
-"""`alignlab heatmap`: token-reward heatmaps for preference pairs (T-REG, specs/treg.md).
+"""`alignlab heatmap`: token-reward heatmaps for preference pairs (T-REG, docs/conventions.md T1).
 
 For the chosen and rejected response of each pair, every token is coloured by
 - its self-generated T-REG reward r̂_t (contrastive prompting with the reference / ``treg_scorer``), and,

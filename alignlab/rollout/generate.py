@@ -1,6 +1,6 @@
 """Batched sampling with HF `generate` (KV cache on, left padding, stop at EOS/end-of-turn).
 
-The one generation path used by pair building, evaluation and (later) RLHF rollouts (pitfalls R2.1).
+The one generation path used by pair building, evaluation and (later) RLHF rollouts (docs/conventions.md R2.1).
 Each returned Generation carries the exact prompt and completion ids, so scores can be computed on the
 ids that were sampled (never on re-tokenized text).
 """
@@ -37,7 +37,7 @@ class SamplingParams:
 
 
 def stop_ids(tokenizer) -> list[int]:
-    """EOS plus any end-of-turn tokens the vocabulary has (pitfalls R3.5)."""
+    """EOS plus any end-of-turn tokens the vocabulary has (R3.5)."""
     ids = {tokenizer.eos_token_id}
     for t in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(t)

@@ -3,7 +3,7 @@
 The data order is a pure function of (seed, epoch), so an interrupted run resumes at step k with exactly
 the batches an uninterrupted run would have seen, with no sampler state to save. One global batch =
 world x grad_accum x per_device pairs. Within a global batch, pairs are sorted by length before being
-cut into micro-batches (less padding; the gradient of the step does not depend on the split, pitfalls R7).
+cut into micro-batches (less padding; the gradient of the step does not depend on the split, docs/conventions.md R7).
 The incomplete tail of each epoch is dropped and counted (every rank must run the same number of steps).
 """
 from __future__ import annotations
