@@ -54,7 +54,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from alignlab.data.types import LoadReport, PreferenceRecord
+from alignlab.data.types import LoadReport, PreferenceRecord, ScoredRow
 
 ROLES = ("system", "user", "assistant")
 HH_HUMAN = "\n\nHuman:"
@@ -377,3 +377,27 @@ def _prompt_of(row: object, source: str):
     elif not value or value[-1]["role"] != "user":
         raise DataError(f"{source}: field {field!r} must end with a user message", "bad_messages")
     return value
+
+
+def load_scored_rows(spec: str, limit: int | None = None) -> list[ScoredRow]:
+    """Rows to score: ``prompt`` (a string, or messages: the last user turn is the prompt text), ``response``
+    (string) and optional ``finished`` (bool: ended on EOS; absent = unknown). Anything else stops with
+    ``file:line`` and the field; nothing is dropped."""
+    out: list[ScoredRow] = []
+    for source, row in _iter_rows(spec, "train"):
+        if limit is not None and len(out) >= limit:
+            break
+        prompt = _prompt_of(row, source)
+        if not isinstance(prompt, str):
+            prompt = prompt[-1]["content"]
+        response = row.get("response", row.get("completion"))
+        if not isinstance(response, str):
+            raise DataError(f"{source}: field 'response' must be a string, got {type(response).__name__}",
+                            "missing_field")
+        finished = row.get("finished")
+        if finished is not None and not isinstance(finished, bool):
+            raise DataError(f"{source}: field 'finished' must be true/false, got {finished!r}", "bad_type")
+        out.append(ScoredRow(prompt, response, finished, source))
+    if not out:
+        raise DataError(f"{spec}: no rows to score", "empty")
+    return out

@@ -9,6 +9,16 @@ Text = Union[str, Messages]
 
 
 @dataclass
+class ScoredRow:
+    """One (prompt, response) to score with a reward; ``finished`` = ended on EOS (None: unknown)."""
+
+    prompt: str
+    response: str
+    finished: bool | None
+    source: str
+
+
+@dataclass
 class PreferenceRecord:
     """One raw preference example, before tokenization.
 

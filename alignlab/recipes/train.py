@@ -26,6 +26,7 @@ from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.formats import load_preference_records
 from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
 from alignlab.eval.diagnose import diagnose
+from alignlab.eval.treg_diagnostics import format_diagnostics, token_reward_diagnostics
 from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
 from alignlab.losses.treg import DEFAULT_ALPHA, WEIGHTINGS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
@@ -207,6 +208,10 @@ def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id):
     if spec.token_level:
         treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
         token_table, treg_hit = treg.rewards, treg.cache_hit
+        if accelerator.is_main_process:  # does this set of token rewards carry signal? (docs/treg.md)
+            diag = token_reward_diagnostics(token_table)
+            (Path(cfg.output_dir) / "treg_diagnostics.json").write_text(json.dumps(diag, indent=2))
+            print(f"[alignlab] {format_diagnostics(diag)}")
     if needs_ref:
         key = reference_key(pairs, model_fp, cfg.dtype)
         ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
