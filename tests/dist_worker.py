@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         S.train_step = failing
 
     out = Path(args.out)
-    cfg = TrainConfig(model=args.model, data=args.data, output_dir=str(out / "run"), lora=bool(args.lora),
-                      lora_r=4, lora_alpha=8, loss=args.loss, report_to="none", cpu=True,
+    lora = dict(lora=True, lora_r=4, lora_alpha=8) if args.lora else dict(lora=False)  # LoRA keys only with LoRA
+    cfg = TrainConfig(model=args.model, data=args.data, output_dir=str(out / "run"), **lora, loss=args.loss, report_to="none", cpu=True,
                       gradient_checkpointing=False, per_device_batch_size=args.per_device, grad_accum=args.accum,
                       max_steps=args.max_steps if args.max_steps > 0 else -1, epochs=1, learning_rate=args.lr,
                       lr_scheduler="constant", warmup_ratio=0.0, max_length=128, max_prompt_length=64,
