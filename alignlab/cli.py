@@ -37,6 +37,8 @@ COMMANDS = [
             "decoding-time alignment: greedy, sample, best-of-n, args, cd, tq-direct, tq-indirect, linear"),
     Command("heatmap", "alignlab.recipes.heatmap", "HeatmapConfig",
             "token-reward heatmaps (T-REG self-generated rewards vs the policy's implicit token rewards)"),
+    Command("score", "alignlab.recipes.score", "ScoreConfig",
+            "score a JSONL of prompt/response with any reward (the gold, per term; or a reward model)"),
     Command("diagnose", "alignlab.recipes.diagnose", "DiagnoseConfig",
             "explain the training metrics of a finished run (alignlab diagnose RUN_DIR)",
             "Read RUN_DIR/metrics.jsonl and interpret rewards/margins/accuracies trends.", positional="run_dir"),

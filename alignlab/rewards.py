@@ -168,12 +168,13 @@ class CachedEmbedder:
 
 
 def load_reward(spec: str | None, **kw) -> Reward | None:
-    """"gold" -> the built-in gold reward; "none"/None -> None; anything else -> HFRewardModel(spec) (a local
+    """"gold" -> the built-in gold reward (current version; "gold-v1"/"gold-v2" pick one); "none"/None -> None; anything else -> HFRewardModel(spec) (a local
     dir or hub id of a sequence-classification model)."""
     if spec is None or spec.lower() in ("none", ""):
         return None
-    if spec in ("gold", "gold-v1"):
-        from alignlab.task.gold import GoldReward
+    if spec == "gold" or spec.startswith("gold-v"):
+        from alignlab.task.gold import DEFAULT_VERSION, GoldReward
 
-        return GoldReward(embedder=CachedEmbedder())
+        version = DEFAULT_VERSION if spec == "gold" else spec[len("gold-"):]
+        return GoldReward(embedder=CachedEmbedder(), version=version)
     return HFRewardModel(spec, **kw)

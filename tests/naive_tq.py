@@ -15,7 +15,7 @@ import torch
 from alignlab.data.tokenize import PairTokenizer
 from alignlab.decoding.lm import LM
 from alignlab.decoding.scores import direct_q, guided_scores, topk_candidates
-from alignlab.rollout.generate import stop_ids
+from alignlab.data.tokenize import stop_ids
 
 
 def _pad(tokenizer) -> int:

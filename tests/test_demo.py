@@ -11,10 +11,15 @@ def test_demo_tiny_end_to_end(tmp_path):
     cfg = DemoConfig(model=str(model_dir), output_dir=str(tmp_path / "demo"), train_prompts=6, samples_per_prompt=2,
                      pair_max_new_tokens=6, methods=["dpo", "dpo_treg"], seeds=[0], epochs=1, per_device_batch_size=4,
                      lora_top_layers=0, eval_prompts=4, eval_max_new_tokens=6, decoding_prompts=2, decoding_subset=1,
-                     decoding_max_new_tokens=3)
+                     decoding_max_new_tokens=3, decoding=list(ALL_METHODS), eval_temperature=0.7, n_boot=200)
     out = run_demo(cfg)
     rows = out["rows"]
-    assert [r["method"] for r in rows] == ["base", "dpo (1 seeds)", "dpo_treg (1 seeds)"]
+    assert [r["method"] for r in rows] == ["base", "dpo (1 seed)", "dpo_treg (1 seed)"]
+    for r in rows[1:]:  # one seed: the s.e. covers prompts only, and the row says so
+        assert r["seed_variance_included"] is False and r["diff_se"] >= 0
+        # the per-term contributions add up to the gain; KL at T = 1 comes from separate T = 1 samples
+        assert abs(sum(r["breakdown"].values()) - r["diff"]) < 1e-9 and r["kl"] is not None
+        assert "kl_sampling_t" in r
     assert rows[0]["diff"] == 0.0 and rows[0]["win_rate"] == 0.5  # base vs itself
     assert all(r["n_prompts"] == 4 for r in rows)
     drows = out["decoding_rows"]
@@ -26,7 +31,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     assert any("rollouts: aligned" in r["method"] for r in drows)
     run = tmp_path / "demo"
     report = (run / "report.md").read_text()
-    assert "## Decoding-time alignment" in report and "win vs greedy" in report
+    assert "## Decoding-time alignment" in report and "win vs greedy" in report and "## Gain by gold term" in report
     saved = json.loads((run / "results.json").read_text())
     assert [r["gold"] for r in saved] == [r["gold"] for r in rows]
     assert len(json.loads((run / "results_decoding.json").read_text())) == len(drows)

@@ -10,13 +10,13 @@ ROOT = Path(__file__).resolve().parents[1] / "alignlab"
 LAYERS = {
     "config": 0, "ops": 0,
     "losses": 1, "data": 1, "models": 1, "task": 1,
-    "precompute": 2, "rollout": 2, "rewards": 2, "training": 2,
-    "decoding": 3,
+    "precompute": 2, "decoding": 2, "rewards": 2, "training": 2,
+    "rollout": 3,
     "eval": 4,
     "recipes": 5,
     "cli": 6,
 }
-ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose"}
+ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score"}
 
 
 def _imports(path: Path):

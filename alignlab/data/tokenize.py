@@ -151,3 +151,13 @@ def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int =
                                  rejected_text=_completion_text(rec.rejected)))
     report.kept = len(out)
     return out, report
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """EOS plus any end-of-turn tokens the vocabulary has (R3.5)."""
+    ids = {tokenizer.eos_token_id}
+    for t in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)

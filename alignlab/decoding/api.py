@@ -19,7 +19,7 @@ from alignlab.decoding.lm import LM
 from alignlab.decoding.loops import Ctx, Prepared
 from alignlab.decoding.registry import get_spec
 from alignlab.decoding.types import Cost, DecodeOutput, LAParams, TQParams
-from alignlab.rollout.generate import stop_ids
+from alignlab.data.tokenize import stop_ids
 
 
 def prompt_text(prompt: Text) -> str:

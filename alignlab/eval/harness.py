@@ -74,11 +74,19 @@ def score_generations(model, gens: list[Generation], pad_id: int, temperature: f
 
 def result_from_generations(name: str, gens: list[Generation], gold_fn: Callable, prompt_texts: list[str],
                             kl: list[float] | None = None) -> MethodResult:
+    """Score ``gens`` with ``gold_fn``; a reward with terms (``score()`` -> GoldScore) also fills
+    ``extra["terms"]`` with the signed per-term contributions of every sample (they add up to the total)."""
     prompts = [prompt_texts[g.prompt_index] for g in gens]
     texts = [g.text for g in gens]
-    gold = gold_fn(prompts, texts, [g.finished for g in gens])
-    return MethodResult(name, list(map(float, gold)), [len(g.completion_ids) for g in gens],
-                        [g.finished for g in gens], texts, kl)
+    finished = [g.finished for g in gens]
+    extra = {}
+    if hasattr(gold_fn, "score"):
+        s = gold_fn.score(prompts, texts, finished)
+        gold, extra["terms"] = s.total, s.terms()
+    else:
+        gold = gold_fn(prompts, texts, finished)
+    return MethodResult(name, list(map(float, gold)), [len(g.completion_ids) for g in gens], finished, texts, kl,
+                        extra)
 
 
 def summarize(res: MethodResult, baseline: MethodResult | None, n_prompts: int) -> dict:
@@ -97,5 +105,5 @@ def summarize(res: MethodResult, baseline: MethodResult | None, n_prompts: int) 
         diff = [x - y for x, y in zip(a, b)]
         row["diff"], row["diff_se"] = mean_se(diff)
         row["win_rate"] = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diff) / len(diff)
-    row.update(res.extra)
+    row.update({k: v for k, v in res.extra.items() if k not in ("terms", "kl_t1")})  # per-sample lists stay out
     return row

@@ -13,9 +13,11 @@ def _fmt(v, nd=3):
     return str(v)
 
 
-COLUMNS = [("method", "method"), ("gold", "gold"), ("gold_se", "± se"), ("win_rate", "win vs base"),
-           ("diff", "Δgold"), ("diff_se", "± se"), ("kl", "KL(π‖ref)"), ("length", "len (tok)"),
-           ("finished", "ended"), ("distinct2", "distinct-2")]
+# trained methods against the base model; ± se of Δgold and win combine seed and prompt variance (bootstrap)
+COLUMNS = [("method", "method"), ("n_prompts", "prompts"), ("gold", "gold"), ("gold_se", "± se"),
+           ("diff", "Δgold"), ("diff_se", "± se"), ("win_rate", "win vs base"), ("win_se", "± se"),
+           ("kl", "KL T=1 (nats)"), ("kl_se", "± se"), ("kl_per_token", "KL/tok"), ("length", "len (tok)"),
+           ("finished", "ended"), ("cut", "cut by budget"), ("distinct2", "distinct-2")]
 
 
 def _cell(row: dict, key: str) -> str:
@@ -70,7 +72,8 @@ def plot_results(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], samples: list[dict] | None = None,
-                 decoding_rows: list[dict] | None = None, decoding_notes: list[str] | None = None) -> Path:
+                 decoding_rows: list[dict] | None = None, decoding_notes: list[str] | None = None,
+                 breakdown: str = "") -> Path:
     """report.md + report.png + results.json; decoding-time rows (if any) get their own table and
     results_decoding.json, since their baseline is greedy decoding, not the sampled base model."""
     run_dir = Path(run_dir)
@@ -78,6 +81,9 @@ def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], 
     (run_dir / "results.json").write_text(json.dumps(rows, indent=2))
     png = plot_results(rows, run_dir / "report.png", title)
     md = [f"# {title}", "", format_table(rows), "", f"![results]({png.name})", ""]
+    if breakdown:
+        md += ["## Gain by gold term", "", "Signed contributions of each term to Δgold (they add up to it).", "",
+               breakdown, ""]
     md += [f"- {n}" for n in notes]
     if decoding_rows:
         (run_dir / "results_decoding.json").write_text(json.dumps(decoding_rows, indent=2, default=str))

@@ -3,16 +3,18 @@
 1. load the built-in model (SmolLM2-135M-Instruct from its GGUF, cached as safetensors);
 2. build on-policy pairs on train prompts: k samples each, ranked by the gold reward (cached);
 3. for each training method and seed: train with LoRA on the same pairs and budget (reference log-probs and
-   T-REG token rewards computed once, cached); evaluate on held-out prompts with the shared harness;
+   T-REG token rewards computed once, cached); evaluate on held-out prompts (``eval_split``: test for reported
+   numbers, validation for tuning) with the shared harness;
 4. decoding-time methods (no training) on a prompt subset, when enabled;
-5. print the table (trained methods: mean ± spread over seeds) and write the report.
+5. print the tables -- gains with the standard error over seeds and prompts, their split into the gold's terms,
+   KL(π‖π_ref) at T = 1 on the policy's own samples -- and write the report (docs/evaluation.md).
 Cached artefacts (model, pairs, reference log-probs, token rewards, generations keyed by model fingerprint)
 make a second run faster; training itself always reruns.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from pathlib import Path
 import torch
 
 from alignlab.config import save_config
-from alignlab.eval.harness import MethodResult, mean_se, result_from_generations, score_generations, summarize
+from alignlab.eval.compare import base_row, breakdown_table, method_row
+from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
 from alignlab.losses import get_loss
 from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
@@ -41,39 +44,52 @@ class DemoConfig:
     output_dir: str = "runs/demo"
     seed: int = 0  # pairs and evaluation sampling
     threads: int = 0  # torch CPU threads; 0 = torch default
-    # on-policy pairs
-    train_prompts: int = 80
+    # on-policy pairs (train prompts, balanced over the 12 categories)
+    train_prompts: int = 64
     samples_per_prompt: int = 4
-    pair_max_new_tokens: int = 40
+    pair_max_new_tokens: int = 128  # the gold's whole length range fits (its "too long" side fires past 70 words)
     pair_temperature: float = 0.8
-    gen_batch_size: int = 16
+    gen_batch_size: int = 32
     # training: every method gets the same pairs, steps and LoRA; one run per seed
-    methods: list[str] = field(default_factory=lambda: ["dpo", "dpo_treg"])
-    seeds: list[int] = field(default_factory=lambda: [0])  # 0,1,2 for mean ± spread (make demo-seeds)
+    methods: list[str] = field(default_factory=lambda: ["dpo"])  # dpo_treg: make demo-treg
+    seeds: list[int] = field(default_factory=lambda: [0])  # 0,1,2 for the seed-variance tables (make demo-seeds)
     beta: float = 0.1
-    alpha: float = 0.25  # T-REG regulariser weight
-    learning_rate: float = 2e-3  # LoRA on 10 blocks, 20 steps: 2e-4 barely moved the policy (KL 0.15, Δgold 0.005)
+    alpha: float = 0.25  # T-REG regulariser weight (read only by the T-REG methods)
+    learning_rate: float = 2e-3  # chosen on validation prompts (docs/demo.md, "Tuning")
     epochs: int = 2
     per_device_batch_size: int = 8
     lora_r: int = 16
     lora_alpha: int = 32
     lora_top_layers: int = 10  # adapters in the last 10 of 30 blocks: half the step time of all blocks
-    # evaluation
-    eval_prompts: int = 80
-    eval_max_new_tokens: int = 40
-    eval_temperature: float = 0.7
-    # decoding-time methods (no training). TQ* rollouts come from the first trained `dpo` policy when there is
-    # one (the paper's aligned baseline), else from the reference.
-    decoding: list[str] = field(default_factory=lambda: list(ALL_METHODS))  # empty (decoding=) = skip
-    decoding_prompts: int = 8  # first N eval prompts for the cheap decoding methods
-    decoding_subset: int = 3  # first N of those for the expensive ones (cd, tq-direct, tq-indirect)
-    decoding_max_new_tokens: int = 24
+    # evaluation: one sample per prompt at eval_temperature; KL is reported at T = 1 on the policy's own samples
+    eval_split: str = "test"  # test: reported numbers; validation: tuning (never tune on test)
+    eval_prompts: int = 48  # balanced over the categories
+    eval_max_new_tokens: int = 128
+    eval_temperature: float = 1.0  # at 1.0 the gold samples also give the T = 1 KL (no second sampling pass)
+    n_boot: int = 2000  # bootstrap replicates for the standard errors over seeds and prompts
+    # decoding-time methods (no training; make demo-decoding). TQ* rollouts come from the first trained `dpo`
+    # policy when there is one (the paper's aligned baseline), else from the reference.
+    decoding: list[str] = field(default_factory=list)  # e.g. decoding=greedy,args,linear; empty = skip
+    decoding_prompts: int = 32  # first N eval prompts (balanced) for the cheap decoding methods
+    decoding_subset: int = 8  # first N of those for the expensive ones (cd, tq-direct, tq-indirect)
+    decoding_max_new_tokens: int = 64
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 to form pairs")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"eval_split must be test (reported) or validation (tuning), got {self.eval_split!r}")
+        if not self.decoding:
+            from alignlab.config import reject_unread
+
+            reject_unread(self, ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
+                          "no decoding methods are run (set decoding=...)")
+        if not any(get_loss(m).token_level for m in self.methods):
+            from alignlab.config import reject_unread
+
+            reject_unread(self, ["alpha"], "no T-REG method is trained (methods=... has no dpo_treg/simpo_treg)")
         unknown = sorted(set(self.decoding) - set(ALL_METHODS))
         if unknown:
             raise ValueError(f"decoding: unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
@@ -106,7 +122,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     gold = GoldReward()
     clock.add("load", t)
     train_p = balanced(load_task_prompts("train"), cfg.train_prompts)
-    eval_p = balanced(load_task_prompts("test"), cfg.eval_prompts)
+    eval_p = balanced(load_task_prompts(cfg.eval_split), cfg.eval_prompts)
     prompts = _texts(eval_p)
 
     t = time.perf_counter()
@@ -137,29 +153,32 @@ def run_demo(cfg: DemoConfig) -> dict:
             train_info[f"{method}/seed{seed}"] = info
 
     n = len(eval_p)
-    rows = [summarize(base, base, n)]
+    rows = [base_row(base)]
     seed_rows = []
     for method, results in per_seed.items():
-        rs = [summarize(r, base, n) for r in results]
-        seed_rows += [r | {"seed": s} for r, s in zip(rs, cfg.seeds)]
-        rows.append(_aggregate(method, rs, results, base, n))
+        seed_rows += [summarize(r, base, n) | {"seed": sd} for r, sd in zip(results, cfg.seeds)]
+        rows.append(method_row(method, results, base, cfg.eval_temperature, cfg.n_boot, cfg.seed))
 
     drows = None
     if cfg.decoding:
         t = time.perf_counter()
-        drows = _decoding_rows(cfg, model, tok, eval_p[: cfg.decoding_prompts], gold, aligned)
+        drows = _decoding_rows(cfg, model, tok, balanced(eval_p, cfg.decoding_prompts), gold, aligned)
         clock.add("decoding", t)
     clock.parts["total"] = time.perf_counter() - clock.t0
     notes = _notes(cfg, prep, rows, train_info, clock.parts)
     samples = [{"prompt": eval_p[i].instruction, "base": base.texts[i]}
                | {m: r[0].texts[i] for m, r in per_seed.items()} for i in range(min(3, n))]
-    report = write_report(run_dir, rows, "alignlab demo: preference optimisation on the embedded task", notes, samples,
-                          decoding_rows=drows.rows if drows else None, decoding_notes=drows.notes if drows else None)
+    report = write_report(run_dir, rows, f"alignlab demo: preference optimisation on the embedded task "
+                          f"({cfg.eval_split} prompts)", notes, samples, decoding_rows=drows.rows if drows else None,
+                          decoding_notes=drows.notes if drows else None, breakdown=breakdown_table(rows))
     (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
     (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
     _dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
     print()
     print(format_table(rows))
+    print()
+    print("gain by gold term (signed contributions; they add up to Δgold):\n")
+    print(breakdown_table(rows))
     print()
     for line in notes:
         print("-", line)
@@ -189,11 +208,14 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     clock.add(f"train_{method}", t)
     t = time.perf_counter()
     policy = result.model
-    gens = cached_generate(policy, tok, prompts, eval_params, model_fingerprint(policy), progress=f"eval {method} s{seed}")
-    lp = score_generations(policy, gens, tok.pad_token_id, cfg.eval_temperature)
-    with reference_mode(policy):
-        lr = score_generations(policy, gens, tok.pad_token_id, cfg.eval_temperature)
-    res = result_from_generations(f"{method} s{seed}", gens, gold, prompts, kl=[a - b for a, b in zip(lp, lr)])
+    fp = model_fingerprint(policy)
+    gens = cached_generate(policy, tok, prompts, eval_params, fp, progress=f"eval {method} s{seed}")
+    res = result_from_generations(f"{method} s{seed}", gens, gold, prompts,
+                                  kl=_kl(policy, tok, gens, cfg.eval_temperature))
+    if cfg.eval_temperature != 1.0:  # the headline KL is at T = 1 on the policy's own T = 1 samples
+        t1 = cached_generate(policy, tok, prompts, dataclasses.replace(eval_params, temperature=1.0), fp,
+                             progress=f"T=1 samples {method} s{seed}")
+        res.extra["kl_t1"] = _kl(policy, tok, t1, 1.0)
     clock.add("eval", t)
     last = result.metrics[-1]
     info = {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
@@ -201,21 +223,12 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     return res, info, (merged_copy(policy) if keep else None)
 
 
-def _aggregate(method: str, rows: list[dict], results: list[MethodResult], base: MethodResult, n: int) -> dict:
-    """Mean over seeds; `*_sd` = spread (sample s.d.) over seeds. gold_se/diff_se: s.e. over prompts of the
-    seed-averaged per-prompt values (the paired difference vs base uses the same prompts and sampling seed)."""
-    out = {"method": f"{method} ({len(rows)} seeds)", "n_seeds": len(rows)}
-    for key in ("gold", "win_rate", "diff", "kl", "length", "finished", "distinct2"):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = statistics.fmean(vals) if vals else None
-        out[f"{key}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    per_prompt = [statistics.fmean(v) for v in zip(*[r.per_prompt(r.gold, n) for r in results])]
-    base_pp = base.per_prompt(base.gold, n)
-    out["gold_se"] = mean_se(per_prompt)[1]
-    out["diff"], out["diff_se"] = mean_se([a - b for a, b in zip(per_prompt, base_pp)])
-    out["kl_se"] = out["kl_sd"]
-    out["n_prompts"] = n
-    return out
+def _kl(policy, tok, gens, temperature: float) -> list[float]:
+    """Per sample log π − log π_ref on the policy's samples, both scored at ``temperature``."""
+    lp = score_generations(policy, gens, tok.pad_token_id, temperature)
+    with reference_mode(policy):
+        lr = score_generations(policy, gens, tok.pad_token_id, temperature)
+    return [a - b for a, b in zip(lp, lr)]
 
 
 def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold, aligned):
@@ -226,22 +239,26 @@ def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold, aligned):
 
 
 def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
-    notes = [f"{rows[0]['n_prompts']} held-out prompts, one sample each at temperature {cfg.eval_temperature} "
-             f"(sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new tokens; training seeds {cfg.seeds}"]
+    notes = [f"{rows[0]['n_prompts']} {cfg.eval_split} prompts (balanced over categories), one sample each at "
+             f"temperature {cfg.eval_temperature} (sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new "
+             f"tokens; base cut by the budget: {100 * rows[0]['cut']:.0f}%; training seeds {cfg.seeds}"]
     for r in rows[1:]:
-        if r.get("n_seeds"):
-            verdict = "exceeds" if r["diff"] > 2 * r["diff_se"] else "does NOT exceed"
-            notes.append(f"{r['method']}: aligned - base gold = {r['diff']:.4f} ± {r['diff_se']:.4f} (s.e. of the "
-                         f"paired difference, seed-averaged) -> {verdict} 2 s.e.; spread over seeds: gold s.d. "
-                         f"{r['gold_sd']:.4f}, win-rate s.d. {r['win_rate_sd']:.3f}, KL s.d. {r['kl_sd']:.3f}")
+        seeds = ("seed and prompt variance (two-level bootstrap)" if r["seed_variance_included"]
+                 else "prompt variance only: ONE seed, seed variance not included")
+        verdict = "exceeds" if r["exceeds_2se"] else "does NOT exceed"
+        notes.append(f"{r['method']}: Δgold vs base = {r['diff']:+.4f} ± {r['diff_se']:.4f} (95% CI "
+                     f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]; {seeds}) -> {verdict} 2 s.e.; largest "
+                     f"term: {r.get('breakdown_dominant', '-')}; win rate {r['win_rate']:.3f} ± {r['win_se']:.3f}; "
+                     f"cut by the budget {100 * r['cut']:.0f}%")
     notes += [
-        f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, best "
-        f"vs worst by gold), {prep.dropped_ties} tie prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
-        f"training (same pairs and budget for every method): LoRA r={cfg.lora_r}, lr {cfg.learning_rate}, beta "
-        f"{cfg.beta}, T-REG alpha {cfg.alpha}, {cfg.epochs} epochs; "
+        f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, "
+        f"max {cfg.pair_max_new_tokens} new tokens, best vs worst by the gold), {prep.dropped_ties} tie "
+        f"prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
+        f"training (same pairs and budget for every method): LoRA r={cfg.lora_r} on the top {cfg.lora_top_layers} "
+        f"blocks, lr {cfg.learning_rate}, beta {cfg.beta}, {cfg.epochs} epochs; "
         + "; ".join(f"{k}: {v['steps']} steps, final loss {v['final_loss']:.3f}" for k, v in train_info.items()),
-        "KL(π‖ref): mean over the method's own samples of log π − log π_ref at the sampling temperature "
-        "(trained rows: ± is the spread over seeds); base is the reference itself (0)",
+        "KL(π‖π_ref): nats per response (and per token), log π − log π_ref summed over the policy's own samples, "
+        "both at T = 1 (samples drawn at T = 1, the budget truncates both distributions); base is π_ref itself",
         "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
     ]
     return notes
