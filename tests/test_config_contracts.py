@@ -16,10 +16,18 @@ from alignlab.recipes.train import TrainConfig, train
 NO_MODEL = "/nonexistent/model/dir"
 
 
-@pytest.mark.parametrize("override,loss", [("label_smoothing=0.1", "dpo"), ("alpha=0.5", "dpo"),
-                                           ("gamma_beta_ratio=0.5", "ipo"), ("ipo_reduction=sum", "dpo"),
-                                           ("treg_template=generation", "simpo"), ("length_alpha=0.1", "cdpo"),
-                                           ("reference_free=true", "simpo")])
+@pytest.mark.parametrize(
+    "override,loss",
+    [
+        ("label_smoothing=0.1", "dpo"),
+        ("alpha=0.5", "dpo"),
+        ("gamma_beta_ratio=0.5", "ipo"),
+        ("ipo_reduction=sum", "dpo"),
+        ("treg_template=generation", "simpo"),
+        ("length_alpha=0.1", "cdpo"),
+        ("reference_free=true", "simpo"),
+    ],
+)
 def test_unread_loss_key_is_an_error(override, loss):
     key = override.split("=")[0]
     with pytest.raises(ConfigError) as e:
@@ -33,9 +41,18 @@ def test_unread_loss_key_is_an_error(override, loss):
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_every_read_key_is_accepted(loss):
     """The keys a loss reads can be set; defaults of the others never trip the check."""
-    values = {"label_smoothing": "0.1", "beta_convention": "gpo", "ipo_reduction": "sum", "length_alpha": "0.1",
-              "gamma_beta_ratio": "0.3", "reference_free": "true", "alpha": "0.5", "treg_template": "generation",
-              "treg_scorer": "x", "treg_weighting": "static"}
+    values = {
+        "label_smoothing": "0.1",
+        "beta_convention": "gpo",
+        "ipo_reduction": "sum",
+        "length_alpha": "0.1",
+        "gamma_beta_ratio": "0.3",
+        "reference_free": "true",
+        "alpha": "0.5",
+        "treg_template": "generation",
+        "treg_scorer": "x",
+        "treg_weighting": "static",
+    }
     spec = get_loss(loss)
     over = [f"loss={loss}"] + [f"{k}={values[k]}" for k in spec.reads]
     if loss == "rdpo":
@@ -62,8 +79,9 @@ def test_default_beta_comes_from_the_registry():
 
 
 def _pairs_file(path, n):
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(n))
+    )
     return path
 
 
@@ -80,8 +98,15 @@ def test_too_few_pairs_stop_before_the_model_loads(tmp_path):
     data = _pairs_file(tmp_path / "three.jsonl", 3)
     with data.open("a") as fh:  # an identical pair: skipped and counted
         fh.write(json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n")
-    cfg = TrainConfig(model=NO_MODEL, data=str(data), output_dir=str(tmp_path / "run"), report_to="none", cpu=True,
-                      per_device_batch_size=2, grad_accum=2)
+    cfg = TrainConfig(
+        model=NO_MODEL,
+        data=str(data),
+        output_dir=str(tmp_path / "run"),
+        report_to="none",
+        cpu=True,
+        per_device_batch_size=2,
+        grad_accum=2,
+    )
     with pytest.raises(ConfigError) as e:
         train(cfg)
     msg = str(e.value)
@@ -94,8 +119,19 @@ def test_cli_reports_the_error_in_one_line(tmp_path, capsys):
 
     data = tmp_path / "empty.jsonl"
     data.write_text("")
-    assert main(["train", f"data={data}", f"model={NO_MODEL}", f"output_dir={tmp_path / 'run'}",
-                 "report_to=none", "cpu=true"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                f"data={data}",
+                f"model={NO_MODEL}",
+                f"output_dir={tmp_path / 'run'}",
+                "report_to=none",
+                "cpu=true",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no usable preference pairs" in err and "Traceback" not in err
     assert main(["train", "data=x.jsonl", "loss=dpo", "label_smoothing=0.1"]) == 2

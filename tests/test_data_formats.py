@@ -1,4 +1,5 @@
 """Tests for alignlab.data.formats: every input format, every bad-input rule, and the real shared files."""
+
 from __future__ import annotations
 
 import gzip
@@ -124,13 +125,16 @@ def test_parse_hh_dialogue_rejects_non_hh(text):
 
 
 def test_hh_file_skips_are_counted(tmp_path):
-    path = write_jsonl(tmp_path / "hh.jsonl", [
-        {"chosen": hh("q", "good"), "rejected": hh("q", "bad")},
-        {"chosen": hh("q", "a", "q2", "good"), "rejected": hh("q", "DIFFERENT", "q2", "bad")},
-        {"chosen": hh("q", " "), "rejected": hh("q", "bad")},
-        {"chosen": hh("q", "same"), "rejected": hh("q", " same ")},
-        {"chosen": "\n\nHuman: q but no assistant", "rejected": hh("q", "bad")},
-    ])
+    path = write_jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": hh("q", "good"), "rejected": hh("q", "bad")},
+            {"chosen": hh("q", "a", "q2", "good"), "rejected": hh("q", "DIFFERENT", "q2", "bad")},
+            {"chosen": hh("q", " "), "rejected": hh("q", "bad")},
+            {"chosen": hh("q", "same"), "rejected": hh("q", " same ")},
+            {"chosen": "\n\nHuman: q but no assistant", "rejected": hh("q", "bad")},
+        ],
+    )
     records, report = load_preference_records(str(path), on_bad="skip")
     assert [r.chosen for r in records] == ["good"] and records[0].prompt == [user("q")]
     assert report.skipped == {"prompt_mismatch": 1, "empty_response": 1, "identical_pair": 1, "bad_dialogue": 1}
@@ -143,10 +147,13 @@ def test_hh_file_skips_are_counted(tmp_path):
 
 
 def test_trl_string_format(tmp_path):
-    path = write_jsonl(tmp_path / "s.jsonl", [
-        {"prompt": "Q: 2+2?", "chosen": " 4", "rejected": " 5", "extra": 1},
-        {"prompt": "Q: sky?", "chosen": " blue", "rejected": " green"},
-    ])
+    path = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"prompt": "Q: 2+2?", "chosen": " 4", "rejected": " 5", "extra": 1},
+            {"prompt": "Q: sky?", "chosen": " blue", "rejected": " green"},
+        ],
+    )
     records, report = load_preference_records(str(path))
     assert (records[0].prompt, records[0].chosen, records[0].rejected) == ("Q: 2+2?", " 4", " 5")  # spaces kept
     assert [r.source for r in records] == [f"{path}:1", f"{path}:2"]
@@ -155,12 +162,15 @@ def test_trl_string_format(tmp_path):
 
 def test_trl_message_format(tmp_path):
     prompt = [{"role": "system", "content": "Be brief."}, user("hi")]
-    path = write_jsonl(tmp_path / "m.jsonl", [
-        {"prompt": prompt, "chosen": [assistant("hello")], "rejected": [assistant("go away")]},
-        {"prompt": [user("hi")], "chosen": "hello", "rejected": "go away"},  # message prompt, text replies
-        {"prompt": [user("hi"), assistant("hey")], "chosen": "a", "rejected": "b"},
-        {"prompt": [user("hi")], "chosen": [assistant(" ")], "rejected": [assistant("x")]},
-    ])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"prompt": prompt, "chosen": [assistant("hello")], "rejected": [assistant("go away")]},
+            {"prompt": [user("hi")], "chosen": "hello", "rejected": "go away"},  # message prompt, text replies
+            {"prompt": [user("hi"), assistant("hey")], "chosen": "a", "rejected": "b"},
+            {"prompt": [user("hi")], "chosen": [assistant(" ")], "rejected": [assistant("x")]},
+        ],
+    )
     records, report = load_preference_records(str(path))
     assert records[0].prompt == prompt and records[0].chosen == [assistant("hello")]
     assert records[1].chosen == "hello"
@@ -169,12 +179,15 @@ def test_trl_message_format(tmp_path):
 
 def test_trl_implicit_prompt_format(tmp_path):
     shared = [{"role": "system", "content": "sys"}, user("q1"), assistant("a1"), user("q2")]
-    path = write_jsonl(tmp_path / "i.jsonl", [
-        {"chosen": shared + [assistant("good")], "rejected": shared + [assistant("bad")]},
-        {"chosen": shared + [assistant("good")], "rejected": [user("other")] + [assistant("bad")]},
-        {"chosen": shared, "rejected": shared + [assistant("bad")]},  # chosen has no reply
-        {"chosen": [assistant("no user turn")], "rejected": [assistant("x")]},
-    ])
+    path = write_jsonl(
+        tmp_path / "i.jsonl",
+        [
+            {"chosen": shared + [assistant("good")], "rejected": shared + [assistant("bad")]},
+            {"chosen": shared + [assistant("good")], "rejected": [user("other")] + [assistant("bad")]},
+            {"chosen": shared, "rejected": shared + [assistant("bad")]},  # chosen has no reply
+            {"chosen": [assistant("no user turn")], "rejected": [assistant("x")]},
+        ],
+    )
     records, report = load_preference_records(str(path))
     assert len(records) == 1
     assert records[0].prompt == shared
@@ -184,10 +197,13 @@ def test_trl_implicit_prompt_format(tmp_path):
 
 def test_prompt_with_full_conversations(tmp_path):
     # UltraFeedback-binarized style: prompt string plus chosen/rejected that repeat the user turn.
-    path = write_jsonl(tmp_path / "u.jsonl", [
-        {"prompt": "q", "chosen": [user("q"), assistant("good")], "rejected": [user("q"), assistant("bad")]},
-        {"prompt": "q", "chosen": [user("not q"), assistant("a")], "rejected": [user("not q"), assistant("b")]},
-    ])
+    path = write_jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"prompt": "q", "chosen": [user("q"), assistant("good")], "rejected": [user("q"), assistant("bad")]},
+            {"prompt": "q", "chosen": [user("not q"), assistant("a")], "rejected": [user("not q"), assistant("b")]},
+        ],
+    )
     records, report = load_preference_records(str(path))
     assert records[0].prompt == [user("q")] and records[0].chosen == [assistant("good")]
     assert report.skipped == {"prompt_mismatch": 1}
@@ -213,12 +229,21 @@ BAD_ROWS = [  # (line 2 of the file, reason, substrings the error must contain b
     ({"chosen": "a", "rejected": "b"}, "missing_field", ["missing required field 'prompt'"]),
     ([1, 2], "bad_type", ["row must be a JSON object", "got list"]),
     ({"prompt": "p", "chosen": "a", "rejected": [assistant("b")]}, "bad_type", ["field 'rejected'"]),
-    ({"prompt": "p", "chosen": [assistant("a")], "rejected": [assistant("b")]}, "bad_type",
-     ["field 'chosen'", "'prompt' is a string"]),
-    ({"prompt": [user("p"), {"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}, "bad_messages",
-     ["field 'prompt' message 1", "role 'bot'"]),
-    ({"prompt": [user("p")], "chosen": [{"role": "assistant", "content": 7}], "rejected": "b"}, "bad_messages",
-     ["field 'chosen' message 0", "content must be a string"]),
+    (
+        {"prompt": "p", "chosen": [assistant("a")], "rejected": [assistant("b")]},
+        "bad_type",
+        ["field 'chosen'", "'prompt' is a string"],
+    ),
+    (
+        {"prompt": [user("p"), {"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"},
+        "bad_messages",
+        ["field 'prompt' message 1", "role 'bot'"],
+    ),
+    (
+        {"prompt": [user("p")], "chosen": [{"role": "assistant", "content": 7}], "rejected": "b"},
+        "bad_messages",
+        ["field 'chosen' message 0", "content must be a string"],
+    ),
     ({"prompt": [user("p")], "chosen": ["a"], "rejected": ["b"]}, "bad_messages", ["field 'chosen' message 0"]),
 ]
 
@@ -309,23 +334,38 @@ def test_load_prompts_alpaca_eval():
 
 def test_load_prompts_jsonl_and_txt(tmp_path):
     convo = [{"role": "system", "content": "s"}, user("u")]
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, "", {"instruction": "b"}, {"messages": convo},
-                                              {"prompt": [user("c")], "instruction": "ignored"}])
-    assert load_prompts(str(path)) == [("a", f"{path}:1"), ("b", f"{path}:3"), (convo, f"{path}:4"),
-                                       ([user("c")], f"{path}:5")]
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "a"},
+            "",
+            {"instruction": "b"},
+            {"messages": convo},
+            {"prompt": [user("c")], "instruction": "ignored"},
+        ],
+    )
+    assert load_prompts(str(path)) == [
+        ("a", f"{path}:1"),
+        ("b", f"{path}:3"),
+        (convo, f"{path}:4"),
+        ([user("c")], f"{path}:5"),
+    ]
     txt = tmp_path / "p.txt"
     txt.write_text("first prompt\n\n  second\n", encoding="utf-8")
     assert load_prompts(str(txt)) == [("first prompt", f"{txt}:1"), ("  second", f"{txt}:3")]
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ({"text": "x"}, "missing prompt field"),
-    ({"instruction": "  "}, "field 'instruction' is empty"),
-    ({"messages": [user("q"), assistant("a")]}, "field 'messages' must end with a user message"),
-    ({"messages": "q"}, "field 'messages' must be a list"),
-    ({"prompt": 5}, "field 'prompt'"),
-    ('{"prompt": ', "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({"text": "x"}, "missing prompt field"),
+        ({"instruction": "  "}, "field 'instruction' is empty"),
+        ({"messages": [user("q"), assistant("a")]}, "field 'messages' must end with a user message"),
+        ({"messages": "q"}, "field 'messages' must be a list"),
+        ({"prompt": 5}, "field 'prompt'"),
+        ('{"prompt": ', "malformed JSON"),
+    ],
+)
 def test_load_prompts_errors_name_file_line(tmp_path, bad, needle):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, bad])
     with pytest.raises(DataError) as info:
@@ -338,8 +378,10 @@ def test_load_prompts_errors_name_file_line(tmp_path, bad, needle):
 
 def test_hf_local_saved_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
-    rows = [{"prompt": [user("q")], "chosen": [assistant("good")], "rejected": [assistant("bad")]},
-            {"prompt": [user("q")], "chosen": [assistant("same")], "rejected": [assistant("same")]}]
+    rows = [
+        {"prompt": [user("q")], "chosen": [assistant("good")], "rejected": [assistant("bad")]},
+        {"prompt": [user("q")], "chosen": [assistant("same")], "rejected": [assistant("same")]},
+    ]
     directory = tmp_path / "ds"
     datasets.Dataset.from_list(rows).save_to_disk(str(directory))
     records, report = load_preference_records(f"hf:{directory}")
@@ -352,11 +394,14 @@ def test_hf_local_saved_dataset(tmp_path):
 
 def test_hf_dataset_dict_splits_and_bad_rows(tmp_path):
     datasets = pytest.importorskip("datasets")
-    hh_rows = [{"chosen": hh("q", "good"), "rejected": hh("q", "bad")},
-               {"chosen": hh("q", "a"), "rejected": "plain text"}]
+    hh_rows = [
+        {"chosen": hh("q", "good"), "rejected": hh("q", "bad")},
+        {"chosen": hh("q", "a"), "rejected": "plain text"},
+    ]
     directory = tmp_path / "dd"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(hh_rows[:1]),
-                          "test": datasets.Dataset.from_list(hh_rows)}).save_to_disk(str(directory))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(hh_rows[:1]), "test": datasets.Dataset.from_list(hh_rows)}
+    ).save_to_disk(str(directory))
     assert load_preference_records(f"hf:{directory}")[1].kept == 1
     with pytest.raises(DataError, match=rf"hf:{directory}\[test\]\[1\]: field 'rejected'"):
         load_preference_records(f"hf:{directory}", split="test")
@@ -368,11 +413,24 @@ def test_hf_dataset_dict_splits_and_bad_rows(tmp_path):
 
 def test_hf_offline_error_names_spec(tmp_path):
     pytest.importorskip("datasets")
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "OMP_NUM_THREADS": "1"}
-    code = ("from alignlab.data.formats import load_preference_records, DataError\n"
-            "try:\n    load_preference_records('hf:alignlab-test/no-such-dataset:cfg')\n"
-            "except DataError as e:\n    print('DataError:', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "OMP_NUM_THREADS": "1",
+    }
+    code = (
+        "from alignlab.data.formats import load_preference_records, DataError\n"
+        "try:\n    load_preference_records('hf:alignlab-test/no-such-dataset:cfg')\n"
+        "except DataError as e:\n    print('DataError:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert "DataError: could not load 'hf:alignlab-test/no-such-dataset:cfg' (split 'train')" in out.stdout, out

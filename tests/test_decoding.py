@@ -1,13 +1,14 @@
 """Decoding loops on tiny models: reductions, caches and batching, stopping, costs, tokenizer round-trip and
 bad input (docs/conventions.md D8 items 2, 3, 6, 8, 11-14; R11)."""
+
 import pytest
 import torch
+from naive_tq import naive_greedy, naive_tq_direct
+from tiny_models import tiny_causal_lm, tiny_tokenizer
 
 from alignlab.decoding import decode, train_prefix_scorer
 from alignlab.decoding.lm import LM
-from naive_tq import naive_greedy, naive_tq_direct
 from alignlab.decoding.scores import bon_kl_bound
-from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.rewards import FunctionReward
 
 PROMPTS = ["hello there", "what is up with you today, friend?", "a", "zz top"]
@@ -49,19 +50,36 @@ def test_zero_weight_and_k1_reduce_to_greedy(toy):
     tok, m, m2 = toy
     greedy = ids(decode(m, tok, PROMPTS, "greedy", max_new_tokens=8))
     assert ids(decode(m, tok, PROMPTS, "args", reward=REW, k=5, w=0.0, max_new_tokens=8)) == greedy
-    assert ids(decode(m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m2, k=4, horizon=3, w=0.0,
-                      max_new_tokens=8)) == greedy
+    assert (
+        ids(decode(m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m2, k=4, horizon=3, w=0.0, max_new_tokens=8))
+        == greedy
+    )
     for method, kw in [("args", {}), ("tq-direct", {"horizon": 2})]:
-        assert ids(decode(m, tok, PROMPTS, method, reward=REW, rollout_model=m2, k=1, w=50.0, max_new_tokens=8,
-                          **kw)) == greedy
+        assert (
+            ids(decode(m, tok, PROMPTS, method, reward=REW, rollout_model=m2, k=1, w=50.0, max_new_tokens=8, **kw))
+            == greedy
+        )
 
 
 def test_zero_weight_stochastic_equals_topk_sampling(toy):
     tok, m, m2 = toy
     topk = ids(decode(m, tok, PROMPTS, "sample", top_k=5, temperature=0.7, seed=3, max_new_tokens=8))
     for method, kw in [("args", {}), ("tq-direct", {"horizon": 2})]:
-        got = decode(m, tok, PROMPTS, method, reward=REW, rollout_model=m2, k=5, w=0.0, greedy=False,
-                     temperature=0.7, seed=3, max_new_tokens=8, **kw)
+        got = decode(
+            m,
+            tok,
+            PROMPTS,
+            method,
+            reward=REW,
+            rollout_model=m2,
+            k=5,
+            w=0.0,
+            greedy=False,
+            temperature=0.7,
+            seed=3,
+            max_new_tokens=8,
+            **kw,
+        )
         assert ids(got) == topk
 
 
@@ -120,8 +138,9 @@ def test_cached_batched_equals_uncached_unbatched(toy):
     assert ids(decode(m, tok, PROMPTS, "greedy", max_new_tokens=12, batch_size=4)) == ref
     assert ids(decode(m, tok, PROMPTS, "greedy", max_new_tokens=12, batch_size=1)) == ref
     # TQ*: forked prefix caches + batched rollouts == re-encoding the prefix per rollout, one prompt at a time
-    tq = decode(m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m2, k=5, horizon=4, max_new_tokens=6,
-                batch_size=4)
+    tq = decode(
+        m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m2, k=5, horizon=4, max_new_tokens=6, batch_size=4
+    )
     assert ids(tq) == naive_tq_direct(m, tok, PROMPTS, REW, rollout_model=m2, k=5, horizon=4, max_new_tokens=6)
     # shared model (rollouts from the proposal model reuse its cache)
     tq_shared = decode(m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m, k=5, horizon=4, max_new_tokens=6)
@@ -160,10 +179,13 @@ def test_la_batched_equals_two_passes_and_reductions(toy):
     from alignlab.decoding.la import la_contexts
 
     msgs = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in PROMPTS]
-    assert la_contexts(tok, PROMPTS[0], "Be brief.").principle == tok.apply_chat_template(
-        msgs[0], add_generation_prompt=True, tokenize=True)["input_ids"]
-    assert ids(decode(m, tok, PROMPTS, "linear", ratio=0.0, top_p=1.0, **kw)) == \
-        ids(decode(m, tok, msgs, "greedy", max_new_tokens=10))
+    assert (
+        la_contexts(tok, PROMPTS[0], "Be brief.").principle
+        == tok.apply_chat_template(msgs[0], add_generation_prompt=True, tokenize=True)["input_ids"]
+    )
+    assert ids(decode(m, tok, PROMPTS, "linear", ratio=0.0, top_p=1.0, **kw)) == ids(
+        decode(m, tok, msgs, "greedy", max_new_tokens=10)
+    )
 
 
 def test_la_contexts_differ_only_by_principle():
@@ -177,8 +199,8 @@ def test_la_contexts_differ_only_by_principle():
     assert c.split_tokenized
     n = len(c.principle) - len(c.plain)
     i = next(j for j in range(len(c.plain)) if c.plain[j] != c.principle[j])
-    assert c.principle[:i] + c.principle[i + n:] == c.plain
-    assert tok.decode(c.principle[i:i + n]) == " Be safe."
+    assert c.principle[:i] + c.principle[i + n :] == c.plain
+    assert tok.decode(c.principle[i : i + n]) == " Be safe."
 
 
 def test_rm_batched_scoring_equals_one_at_a_time():
@@ -202,10 +224,10 @@ def test_stopping_and_finished_rows(toy):
     stop = free[1].completion_ids[3]
     got = decode(m, tok, PROMPTS, "greedy", max_new_tokens=12, stop_ids=[stop])
     o = got[1]
-    assert o.finished and o.completion_ids == free[1].completion_ids[:o.completion_ids.index(stop) + 1]
+    assert o.finished and o.completion_ids == free[1].completion_ids[: o.completion_ids.index(stop) + 1]
     for g, f in zip(got, free):  # other rows are not affected, finished rows are not extended
         if stop in f.completion_ids:
-            assert g.completion_ids == f.completion_ids[:f.completion_ids.index(stop) + 1] and g.finished
+            assert g.completion_ids == f.completion_ids[: f.completion_ids.index(stop) + 1] and g.finished
         else:
             assert g.completion_ids == f.completion_ids
     # no stop at all: exactly max_new_tokens
@@ -231,15 +253,24 @@ def _tiny_rm(**tok_kw):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     rm_tok = tiny_tokenizer(**tok_kw)
-    cfg = LlamaConfig(vocab_size=len(rm_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=rm_tok.pad_token_id,
-                      max_position_embeddings=2048)
+    cfg = LlamaConfig(
+        vocab_size=len(rm_tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=rm_tok.pad_token_id,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     return LlamaForSequenceClassification(cfg).eval(), rm_tok
 
 
-@pytest.mark.parametrize("variant", [dict(add_bos=True), dict(default_system="Judge fairly."), dict(with_bos=False),
-                                     "no-template"])
+@pytest.mark.parametrize(
+    "variant", [dict(add_bos=True), dict(default_system="Judge fairly."), dict(with_bos=False), "no-template"]
+)
 def test_mismatched_rm_tokenizer_round_trip(toy, variant):
     from alignlab.rewards import HFRewardModel
 
@@ -273,14 +304,36 @@ def test_cost_counters(toy):
     tok, m, m2 = toy
     kw = dict(max_new_tokens=5, stop_at_eos=False)
     k, M, H = 4, 3, 2
-    tq = decode(m, tok, PROMPTS, "tq-direct", reward=REW, rollout_model=m2, k=k, rollouts=M, horizon=H,
-                rollout_temperature=1.0, **kw)
+    tq = decode(
+        m,
+        tok,
+        PROMPTS,
+        "tq-direct",
+        reward=REW,
+        rollout_model=m2,
+        k=k,
+        rollouts=M,
+        horizon=H,
+        rollout_temperature=1.0,
+        **kw,
+    )
     for o in tq:
         T = o.cost.new_tokens
         assert T == 5 and o.cost.rollouts == k * M * T and o.cost.reward_calls == k * M * T
         assert o.cost.rollout_tokens <= k * M * H * T
-    ind = decode(m, tok, PROMPTS, "tq-indirect", reward=REW, baseline_reward=FunctionReward(lambda p, r: 0.1 * len(r)),
-                 rollout_model=m2, k=k, rollouts=M, horizon=H, **kw)
+    ind = decode(
+        m,
+        tok,
+        PROMPTS,
+        "tq-indirect",
+        reward=REW,
+        baseline_reward=FunctionReward(lambda p, r: 0.1 * len(r)),
+        rollout_model=m2,
+        k=k,
+        rollouts=M,
+        horizon=H,
+        **kw,
+    )
     assert all(o.cost.reward_calls == 2 * k * M * 5 for o in ind)
     assert all(len(s.ess) == k and all(1 - 1e-5 <= e <= M + 1e-5 for e in s.ess) for o in ind for s in o.steps)
     args = decode(m, tok, PROMPTS, "args", reward=REW, k=k, **kw)
@@ -291,7 +344,7 @@ def test_cost_counters(toy):
     assert all(o.cost.lm_calls == 1 + 4 for o in la1) and all(o.cost.lm_calls == 2 + 2 * 4 for o in la2)
     bon = decode(m, tok, PROMPTS, "best-of-n", reward=REW, n=5, **kw)
     assert all(o.cost.generations == 5 and o.cost.reward_calls == 5 for o in bon)
-    assert all(o.kl == pytest.approx(bon_kl_bound(5)) and o.kl_kind.startswith('bound') for o in bon)
+    assert all(o.kl == pytest.approx(bon_kl_bound(5)) and o.kl_kind.startswith("bound") for o in bon)
     g = decode(m, tok, PROMPTS, "greedy", **kw)
     assert all(o.cost.lm_calls == 5 and o.cost.reward_calls == 0 for o in g)
 
@@ -392,8 +445,11 @@ def _decoding_imports():
     for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
         tree = ast.parse(path.read_text())
         top = {id(n) for n in tree.body}
-        out[path.stem] = [(n.module, [a.name for a in n.names], id(n) not in top)
-                          for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        out[path.stem] = [
+            (n.module, [a.name for a in n.names], id(n) not in top)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module
+        ]
     return out
 
 
@@ -406,8 +462,11 @@ def test_decoding_imports_are_one_way_and_public():
             if target.startswith("alignlab.decoding."):  # a lazy import inside the package would hide a circle
                 assert not nested, f"{mod}: function-level import of {target}"
     # the package's modules form a DAG (no circle through any of them)
-    deps = {m: {t.rsplit(".", 1)[1] for t, _, _ in imps if t.startswith("alignlab.decoding.")}
-            for m, imps in imports.items() if m != "__init__"}
+    deps = {
+        m: {t.rsplit(".", 1)[1] for t, _, _ in imps if t.startswith("alignlab.decoding.")}
+        for m, imps in imports.items()
+        if m != "__init__"
+    }
     state: dict = {}
 
     def visit(m, stack=()):

@@ -1,16 +1,17 @@
 """`alignlab generate` and the harness rows on tiny models (no downloads)."""
+
 import json
 
 import pytest
 import torch
 import yaml
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 
 from alignlab.cli import main as cli
 from alignlab.config import build_config
 from alignlab.decoding import DECODING
 from alignlab.recipes.generate import method_keys
 from alignlab.rewards import FunctionReward
-from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,16 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     model_dir = save_tiny(root / "policy", seed=0)
     rm_tok = tiny_tokenizer(add_bos=True)  # a different tokenizer family than the policy's
-    cfg = LlamaConfig(vocab_size=len(rm_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=rm_tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(rm_tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=rm_tok.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForSequenceClassification(cfg).save_pretrained(root / "rm")
     rm_tok.save_pretrained(root / "rm")
@@ -30,18 +39,28 @@ def dirs(tmp_path_factory):
     return root, model_dir, root / "rm", prompts
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("greedy", ["reward=none"]),
-    ("args", ["k=4", "save_steps=true"]),
-    ("tq-direct", ["k=3", "horizon=2", "rollout_model=base"]),
-    ("linear", ["ratio=2", "principle=Be nice."]),
-    ("best-of-n", ["n=2"]),
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("greedy", ["reward=none"]),
+        ("args", ["k=4", "save_steps=true"]),
+        ("tq-direct", ["k=3", "horizon=2", "rollout_model=base"]),
+        ("linear", ["ratio=2", "principle=Be nice."]),
+        ("best-of-n", ["n=2"]),
+    ],
+)
 def test_generate_cli_writes_run_directory(dirs, method, extra):
     root, model_dir, rm_dir, prompts = dirs
     out = root / method
-    argv = ["generate", f"method={method}", f"model={model_dir}", f"prompts={prompts}", f"output_dir={out}",
-            "max_new_tokens=5", f"reward={rm_dir}"] + extra
+    argv = [
+        "generate",
+        f"method={method}",
+        f"model={model_dir}",
+        f"prompts={prompts}",
+        f"output_dir={out}",
+        "max_new_tokens=5",
+        f"reward={rm_dir}",
+    ] + extra
     assert cli(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "outputs.jsonl", "report.md", "summary.json"]
     rows = [json.loads(x) for x in (out / "outputs.jsonl").read_text().splitlines()]
@@ -66,23 +85,37 @@ def test_generate_cli_rejects_bad_config(dirs, capsys):
     assert cli(["generate", "method=beam", f"model={model_dir}"]) == 2
     assert cli(["generate", "method=greedy", "horizon=3", f"model={model_dir}"]) == 2
     assert "does not apply" in capsys.readouterr().err
-    assert cli(["generate", "method=tq-direct", f"model={model_dir}", f"prompts={prompts}", "reward=none",
-                f"output_dir={root / 'x'}"]) == 2
+    assert (
+        cli(
+            [
+                "generate",
+                "method=tq-direct",
+                f"model={model_dir}",
+                f"prompts={prompts}",
+                "reward=none",
+                f"output_dir={root / 'x'}",
+            ]
+        )
+        == 2
+    )
     assert "needs a reward" in capsys.readouterr().err
     assert not (root / "x").exists()  # validation fails before anything is written or loaded
     assert cli(["generate", "method=greedy", "output=x.jsonl"]) == 2  # the old key is gone
     assert "unknown config key 'output'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (["method=greedy", "k=5"], "k"),
-    (["method=args", "rollout_model=x"], "rollout_model"),
-    (["method=sample", "scorer=dir"], "scorer"),
-    (["method=linear", "cd_samples=2"], "cd_samples"),
-    (["method=best-of-n", "save_steps=true"], "save_steps"),
-    (["method=tq-direct", "rollout_model=base", "beta=2"], "beta"),
-    (["method=args", "baseline_reward=gold"], "baseline_reward"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["method=greedy", "k=5"], "k"),
+        (["method=args", "rollout_model=x"], "rollout_model"),
+        (["method=sample", "scorer=dir"], "scorer"),
+        (["method=linear", "cd_samples=2"], "cd_samples"),
+        (["method=best-of-n", "save_steps=true"], "save_steps"),
+        (["method=tq-direct", "rollout_model=base", "beta=2"], "beta"),
+        (["method=args", "baseline_reward=gold"], "baseline_reward"),
+    ],
+)
 def test_generate_keys_the_method_does_not_read_are_errors(overrides, key):
     from alignlab.recipes.generate import GenerateConfig
 
@@ -99,10 +132,14 @@ def test_generate_keys_the_method_does_not_read_are_errors(overrides, key):
 def test_generate_keys_the_method_reads_are_accepted():
     from alignlab.recipes.generate import GenerateConfig
 
-    for overrides in (["method=cd", "cd_samples=2"], ["method=cd", "scorer=dir", "mode=blockwise"],
-                      ["method=args", "k=5", "save_steps=true"], ["method=greedy", "k=None", "cd_samples=4"],
-                      ["method=tq-indirect", "rollout_model=base", "baseline_reward=gold", "beta=2"],
-                      ["method=linear", "principle=Be brief.", "reward=none"]):
+    for overrides in (
+        ["method=cd", "cd_samples=2"],
+        ["method=cd", "scorer=dir", "mode=blockwise"],
+        ["method=args", "k=5", "save_steps=true"],
+        ["method=greedy", "k=None", "cd_samples=4"],
+        ["method=tq-indirect", "rollout_model=base", "baseline_reward=gold", "beta=2"],
+        ["method=linear", "principle=Be brief.", "reward=none"],
+    ):
         build_config(GenerateConfig, None, overrides)
     with pytest.raises(ValueError, match="only applies when cd trains"):
         build_config(GenerateConfig, None, ["method=cd", "scorer=dir", "cd_samples=2"])
@@ -141,10 +178,19 @@ def test_decoding_rows_smoke():
     tok = tiny_tokenizer()
     m = tiny_causal_lm(tok, seed=0)
     rew = FunctionReward(lambda p, r: r.count("e") / (1 + len(r)), "e-share")
-    s = DecodingEvalSettings(prompts=3, subset=2, max_new_tokens=4, k=3, n=2, horizon=2, indirect_horizon=2,
-                             cd_train_prompts=3, cd_samples=2)
-    res = decoding_rows(m, tok, ["alpha", "beta gamma", "delta"], rew, rollout_model=tiny_causal_lm(tok, seed=1),
-                        baseline_reward=rew, settings=s, embedder=FakeEmbedder())
+    s = DecodingEvalSettings(
+        prompts=3, subset=2, max_new_tokens=4, k=3, n=2, horizon=2, indirect_horizon=2, cd_train_prompts=3, cd_samples=2
+    )
+    res = decoding_rows(
+        m,
+        tok,
+        ["alpha", "beta gamma", "delta"],
+        rew,
+        rollout_model=tiny_causal_lm(tok, seed=1),
+        baseline_reward=rew,
+        settings=s,
+        embedder=FakeEmbedder(),
+    )
     names = [r["method"] for r in res.rows]
     assert names[0] == "greedy" and len(names) == 8
     for r in res.rows:
@@ -155,8 +201,9 @@ def test_decoding_rows_smoke():
     assert res.rows == list(res) and res.notes and set(res.timings) >= {"greedy", "cd_train"}
     # the demo's call: positional prompts + gold, methods / max_new_tokens / seed overrides; rows extend a list
     rows = [{"method": "base"}]
-    rows += decoding_rows(m, tok, ["alpha", "beta"], rew, methods=["args", "linear"], max_new_tokens=3, seed=1,
-                          embedder=FakeEmbedder())
+    rows += decoding_rows(
+        m, tok, ["alpha", "beta"], rew, methods=["args", "linear"], max_new_tokens=3, seed=1, embedder=FakeEmbedder()
+    )
     assert [r["method"] for r in rows] == ["base", "greedy", "args k=5", "linear ratio=3"]
     with pytest.raises(ValueError, match="unknown decoding method"):
         decoding_rows(m, tok, ["alpha"], rew, methods=["beam"], embedder=FakeEmbedder())

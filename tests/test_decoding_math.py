@@ -1,4 +1,5 @@
 """Pure math of decoding-time alignment: docs/conventions.md D8 items 1, 4, 5, 7, 8, 9, 10 and 15."""
+
 import math
 
 import pytest
@@ -6,9 +7,21 @@ import torch
 
 from alignlab.decoding.linear import cfg_logits, la_distribution, la_logits, la_masked_logits, la_select, la_step_kl
 from alignlab.decoding.metrics import diversity, diversity_of, rep_n, win_rate_half_ties, win_tie, word_tokens
-from alignlab.decoding.scores import (bon_exact_kl, bon_kl_bound, bon_win_rate_bound, candidate_distribution,
-                                      direct_q, draw, guided_scores, indirect_q, nucleus_keep, select, step_kl,
-                                      step_kl_bound, topk_candidates)
+from alignlab.decoding.scores import (
+    bon_exact_kl,
+    bon_kl_bound,
+    bon_win_rate_bound,
+    candidate_distribution,
+    direct_q,
+    draw,
+    guided_scores,
+    indirect_q,
+    nucleus_keep,
+    select,
+    step_kl,
+    step_kl_bound,
+    topk_candidates,
+)
 
 # ----------------------------------------------------------------------------------------------- D8.1 BoN
 
@@ -51,8 +64,11 @@ def test_candidate_distribution_normalised_and_invariances():
     # reward shift invariance, and scaling rewards by s == dividing alpha by s (multiplying w by s)
     assert torch.allclose(candidate_distribution(guided_scores(logp, q + 5.0, 1.0)), pi, atol=1e-6)
     s = 2.5
-    assert torch.allclose(candidate_distribution(guided_scores(logp, s * q, 0.4)),
-                          candidate_distribution(guided_scores(logp, q, 0.4 * s)), atol=1e-6)
+    assert torch.allclose(
+        candidate_distribution(guided_scores(logp, s * q, 0.4)),
+        candidate_distribution(guided_scores(logp, q, 0.4 * s)),
+        atol=1e-6,
+    )
     # w = 0 is bit-identical to the base log-probs
     assert torch.equal(guided_scores(logp, q, 0.0), logp)
 

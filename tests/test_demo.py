@@ -1,17 +1,36 @@
 """The demo's wiring end to end on a tiny random model: pairs -> train (two methods) -> eval -> decoding rows ->
 report. Values are checked for internal consistency (the numbers in the report are the numbers returned)."""
+
 import json
 
 from tiny_models import save_tiny
+
 from alignlab.eval.decoding_rows import ALL_METHODS
 from alignlab.recipes.demo import DemoConfig, run_demo
 
+
 def test_demo_tiny_end_to_end(tmp_path):
     model_dir = save_tiny(tmp_path / "tiny")
-    cfg = DemoConfig(model=str(model_dir), output_dir=str(tmp_path / "demo"), train_prompts=6, samples_per_prompt=2,
-                     pair_max_new_tokens=6, methods=["dpo", "dpo_treg"], seeds=[0], epochs=1, per_device_batch_size=4,
-                     lora_top_layers=0, eval_prompts=4, eval_max_new_tokens=6, decoding_prompts=2, decoding_subset=1,
-                     decoding_max_new_tokens=3, decoding=list(ALL_METHODS), eval_temperature=0.7, n_boot=200)
+    cfg = DemoConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "demo"),
+        train_prompts=6,
+        samples_per_prompt=2,
+        pair_max_new_tokens=6,
+        methods=["dpo", "dpo_treg"],
+        seeds=[0],
+        epochs=1,
+        per_device_batch_size=4,
+        lora_top_layers=0,
+        eval_prompts=4,
+        eval_max_new_tokens=6,
+        decoding_prompts=2,
+        decoding_subset=1,
+        decoding_max_new_tokens=3,
+        decoding=list(ALL_METHODS),
+        eval_temperature=0.7,
+        n_boot=200,
+    )
     out = run_demo(cfg)
     rows = out["rows"]
     assert [r["method"] for r in rows] == ["base", "dpo (1 seed)", "dpo_treg (1 seed)"]

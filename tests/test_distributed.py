@@ -5,12 +5,13 @@ launcher starts one python process unless an mpirun hostfile is given; that one 
 world=1). `--multi_gpu --num_processes 2` goes through torchrun and, with TrainConfig.cpu=True (Accelerator
 (cpu=True)), gives 2 gloo CPU ranks even on a machine without GPUs. Every test asserts world == 2.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import re
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -48,9 +49,23 @@ def metrics_close(a: list[dict], b: list[dict], keys=None) -> list[tuple]:
             if not close(ma[k], mb[k]):
                 bad.append((ma["step"], k, ma[k], mb[k]))
     return bad
-COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "rewards/ties",
-            "logps/chosen", "logps/rejected", "lengths/chosen", "lengths/rejected", "grad_norm", "learning_rate",
-            "kl/ref_policy")
+
+
+COMPARED = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/ties",
+    "logps/chosen",
+    "logps/rejected",
+    "lengths/chosen",
+    "lengths/rejected",
+    "grad_norm",
+    "learning_rate",
+    "kl/ref_policy",
+)
 
 
 def _free_port() -> int:
@@ -66,8 +81,14 @@ def _write_pairs(path: Path, n: int, seed: int = 0) -> Path:
     def text(k):
         return " ".join(rng.choice(words) for _ in range(k))
 
-    rows = [{"prompt": f"q{i} " + text(rng.randint(1, 4)), "chosen": text(rng.randint(1, 6)),
-             "rejected": text(rng.randint(1, 6))} for i in range(n)]
+    rows = [
+        {
+            "prompt": f"q{i} " + text(rng.randint(1, 4)),
+            "chosen": text(rng.randint(1, 6)),
+            "rejected": text(rng.randint(1, 6)),
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -77,27 +98,53 @@ def assets(tmp_path_factory):
     from tiny_models import save_tiny
 
     d = tmp_path_factory.mktemp("dist_assets")
-    return {"model": save_tiny(d / "tiny_model", seed=5), "data8": _write_pairs(d / "p8.jsonl", 8),
-            "data11": _write_pairs(d / "p11.jsonl", 11, seed=1), "data16": _write_pairs(d / "p16.jsonl", 16, seed=2)}
+    return {
+        "model": save_tiny(d / "tiny_model", seed=5),
+        "data8": _write_pairs(d / "p8.jsonl", 8),
+        "data11": _write_pairs(d / "p11.jsonl", 11, seed=1),
+        "data16": _write_pairs(d / "p16.jsonl", 16, seed=2),
+    }
 
 
 def _run(out: Path, model: Path, data: Path, nproc: int, *worker_args: str) -> subprocess.CompletedProcess:
     """Run the worker (1: plain python; 2: accelerate launch); own reference cache per run; kills the whole
     process group on timeout so a hung rank never outlives the test."""
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", ALIGNLAB_CACHE=str(out / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        ALIGNLAB_CACHE=str(out / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     wargs = ["--model", str(model), "--data", str(data), "--out", str(out), *worker_args]
     if nproc == 1:
         cmd = [sys.executable, str(WORKER), *wargs]
     else:
-        cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(WORKER), *wargs]
+        cmd = [
+            str(ACCELERATE),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(WORKER),
+            *wargs,
+        ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         stdout, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -159,8 +206,10 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
     ref_diff = (_ref_table(tmp_path / "one") - _ref_table(tmp_path / "two")).abs().max().item()
     mdiff = _max_metric_diff(r1["metrics"], r2["metrics"])
     pdiff = _max_param_diff(p1, p2)
-    print(f"lora={lora}: max ref-table diff {ref_diff:.3g}, max param diff {pdiff:.3g}, metric diffs "
-          + ", ".join(f"{k}={v:.3g}" for k, v in mdiff.items()))
+    print(
+        f"lora={lora}: max ref-table diff {ref_diff:.3g}, max param diff {pdiff:.3g}, metric diffs "
+        + ", ".join(f"{k}={v:.3g}" for k, v in mdiff.items())
+    )
     ref1, ref2 = _ref_table(tmp_path / "one"), _ref_table(tmp_path / "two")
     assert torch.allclose(ref1, ref2, rtol=RTOL, atol=ATOL), ref_diff
     assert not metrics_close(r1["metrics"], r2["metrics"]), metrics_close(r1["metrics"], r2["metrics"])
@@ -169,11 +218,14 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
         four = _run(tmp_path / "four", assets["model"], assets["data16"], 1, "--per-device", "4", *common)
         r4, p4 = _result(tmp_path / "four", four, 1)
         mdiff4, pdiff4 = _max_metric_diff(r4["metrics"], r2["metrics"]), _max_param_diff(p4, p2)
-        print(f"1x4 vs 2x2: max param diff {pdiff4:.3g}, max metric diff {max(mdiff4.values()):.3g} "
-              f"({max(mdiff4, key=mdiff4.get)})")
+        print(
+            f"1x4 vs 2x2: max param diff {pdiff4:.3g}, max metric diff {max(mdiff4.values()):.3g} "
+            f"({max(mdiff4, key=mdiff4.get)})"
+        )
         # Different padding/summation order: summed log-probs of ~-100..-150 carry fp32 noise of a few ulp
         # (ulp(128) = 7.6e-6; observed ~1.5e-5), and Adam's m/sqrt(v) amplifies gradient noise where g ~ 0
-        # (observed ~2e-5 after 3 steps at lr 1e-3). A normalisation bug (docs/conventions.md R7) would be O(1e-1) here, and a
+        # (observed ~2e-5 after 3 steps at lr 1e-3). A normalisation bug (docs/conventions.md R7) would be O(1e-1)
+        # here, and a
         # uniform gradient scale error shows in grad_norm.
         bad = [b for b in metrics_close(r4["metrics"], r2["metrics"]) if not close(b[2], b[3], 1e-5, 5e-5)]
         assert not bad, bad
@@ -190,12 +242,14 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
 
 
 def test_uneven_dataset_finishes_on_both_ranks(tmp_path, assets):
-    """11 pairs, global batch 2 x 2 = 4: 2 steps, 3 pairs left over (reported), both ranks finish (docs/conventions.md R5)."""
+    """11 pairs, global batch 2 x 2 = 4: 2 steps, 3 pairs left over (reported), both ranks finish
+    (docs/conventions.md R5)."""
     cp = _run(tmp_path / "uneven", assets["model"], assets["data11"], 2, "--per-device", "2", "--max-steps", "0")
     res, _ = _result(tmp_path / "uneven", cp, 2)
     assert res["steps"] == 2
-    assert re.search(r"11 pairs, 2 process\(es\) on cpu\S*, global batch 4, 2 steps/epoch \(3 pairs/epoch left over\)",
-                     cp.stdout), cp.stdout
+    assert re.search(
+        r"11 pairs, 2 process\(es\) on cpu\S*, global batch 4, 2 steps/epoch \(3 pairs/epoch left over\)", cp.stdout
+    ), cp.stdout
     assert "rank 1/2 done after 2 steps" in cp.stdout and "rank 0/2 done after 2 steps" in cp.stdout
 
 
@@ -203,8 +257,20 @@ def test_error_on_one_rank_ends_the_launch(tmp_path, assets):
     """Rank 1 raises at the start of the 2nd step while rank 0 enters its backward all-reduce: the launcher
     must tear down rank 0 and exit non-zero well within the timeout (no hang)."""
     t0 = time.perf_counter()
-    cp = _run(tmp_path / "fail", assets["model"], assets["data16"], 2, "--per-device", "2", "--max-steps", "3",
-              "--fail-rank", "1", "--fail-step", "1")
+    cp = _run(
+        tmp_path / "fail",
+        assets["model"],
+        assets["data16"],
+        2,
+        "--per-device",
+        "2",
+        "--max-steps",
+        "3",
+        "--fail-rank",
+        "1",
+        "--fail-step",
+        "1",
+    )
     elapsed = time.perf_counter() - t0
     assert cp.returncode != 0
     assert "forced failure on rank 1 at step index 1" in cp.stdout

@@ -375,6 +375,16 @@ def test_v2_total_is_documented_weighted_sum():
     assert s.total[1] < 0 < s.total[0]
 
 
+def test_v2_relevance_discounts_the_copied_share():
+    resp = "The sky looks blue because air scatters light."  # copied share 0.5 (see test_copied_share)
+    s = GoldReward(embedder=FakeEmbedder({resp: 0.45})).score(["Explain why the sky looks blue."], [resp], [True])
+    on_topic = (0.45 - 0.20) / 0.50
+    assert s.relevance[0] == pytest.approx(on_topic * 0.5)
+    assert s.copy[0] == pytest.approx((0.5 - 0.25) / 0.75)
+    # new content stems: air scatter light ("because" is a stop-word) -> 3 of 12
+    assert s.substance[0] == pytest.approx(on_topic * 3 / 12)
+
+
 def test_v2_one_embed_call_per_batch():
     fake = FakeEmbedder({"a b c d": 0.5})
     GoldReward(embedder=fake).score(["p", "p", "q"], ["a b c d", "", "a b c d"])

@@ -1,5 +1,6 @@
 """`alignlab heatmap`: T-REG token rewards and the trained policy's implicit token rewards, as a self-contained HTML
 page (checked in headless Chromium: loads without console errors, shows the token spans) and a PNG."""
+
 import html
 import json
 import re
@@ -8,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
-from alignlab.eval.heatmap import heatmap_data, render_html
 from test_treg import text_pairs
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
+
+from alignlab.eval.heatmap import heatmap_data, render_html
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "runs" / "heatmap_test" / "screenshot.png"
@@ -19,9 +20,20 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    base = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    base = [
+        CHROMIUM,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=90)
 
 
@@ -46,12 +58,32 @@ def test_cli_heatmap_after_training_in_headless_chromium(tmp_path):
 
     model_dir = save_tiny(tmp_path / "tiny_model")
     data = tmp_path / "prefs.jsonl"
-    rows = [{"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad <{i}> & worse"} for i in range(6)]
+    rows = [
+        {"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad <{i}> & worse"} for i in range(6)
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     run = tmp_path / "run"
-    assert main(["train", f"model={model_dir}", f"data={data}", "loss=dpo_treg", "alpha=0.25", "lora=true",
-                 "max_steps=3", "learning_rate=0.05", "report_to=none", "per_device_batch_size=3",
-                 "gradient_checkpointing=false", f"output_dir={run}", "max_length=96", "max_prompt_length=48"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"model={model_dir}",
+                f"data={data}",
+                "loss=dpo_treg",
+                "alpha=0.25",
+                "lora=true",
+                "max_steps=3",
+                "learning_rate=0.05",
+                "report_to=none",
+                "per_device_batch_size=3",
+                "gradient_checkpointing=false",
+                f"output_dir={run}",
+                "max_length=96",
+                "max_prompt_length=48",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "heat"
     assert main(["heatmap", f"run_dir={run}", "n_pairs=3", f"output_dir={out}"]) == 0
     heats = json.loads((out / "heatmap.json").read_text())
@@ -73,7 +105,8 @@ def test_cli_heatmap_after_training_in_headless_chromium(tmp_path):
     assert "good answer 0" in html.unescape(re.sub(r"<[^>]+>", "", dom.stdout))  # tokens render as the text
     assert _console_errors(dom.stderr) == []
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shot = _chromium([f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", "--hide-scrollbars", url],
-                     tmp_path / "profile2")
+    shot = _chromium(
+        [f"--screenshot={SCREENSHOT}", "--window-size=1280,1400", "--hide-scrollbars", url], tmp_path / "profile2"
+    )
     assert shot.returncode == 0 and SCREENSHOT.stat().st_size > 10000, shot.stderr[-2000:]
     assert _console_errors(shot.stderr) == []

@@ -8,9 +8,16 @@ ROOT = Path(__file__).resolve().parents[1] / "alignlab"
 
 # A module may import from a lower layer or from its own package, never from a higher or equal other layer.
 LAYERS = {
-    "config": 0, "ops": 0,
-    "losses": 1, "data": 1, "models": 1, "task": 1,
-    "precompute": 2, "decoding": 2, "rewards": 2, "training": 2,
+    "config": 0,
+    "ops": 0,
+    "losses": 1,
+    "data": 1,
+    "models": 1,
+    "task": 1,
+    "precompute": 2,
+    "decoding": 2,
+    "rewards": 2,
+    "training": 2,
     "rollout": 3,
     "eval": 4,
     "recipes": 5,
@@ -41,8 +48,10 @@ def test_imports_go_one_way():
         for module, names in _imports(path):
             for dst in {_package(module, [n]) for n in names} if module == "alignlab" else {_package(module, names)}:
                 if dst != src and LAYERS[dst] >= LAYERS[src]:
-                    bad.append(f"{path.relative_to(ROOT.parent)}: {src} (layer {LAYERS[src]}) imports {module} "
-                               f"(layer {LAYERS[dst]})")
+                    bad.append(
+                        f"{path.relative_to(ROOT.parent)}: {src} (layer {LAYERS[src]}) imports {module} "
+                        f"(layer {LAYERS[dst]})"
+                    )
     assert not bad, "\n".join(bad)
 
 

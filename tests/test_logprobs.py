@@ -1,9 +1,10 @@
 """Log-prob convention (docs/conventions.md L2, L6.1-L6.2) and the SequenceScorer fast path."""
+
 import torch
+from tiny_models import tiny_causal_lm, tiny_tokenizer
 
 from alignlab.data.collate import pad_sequences
 from alignlab.models.scorer import SequenceScorer, position_ids_from_mask
-from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.ops.logprobs import completion_logps
 
 
@@ -36,8 +37,14 @@ def _tiny():
 
 def test_fast_path_equals_full_logits():
     tok, model = _tiny()
-    prompts = [tok("hello there", add_special_tokens=False)["input_ids"], tok("a", add_special_tokens=False)["input_ids"]]
-    comps = [tok(" general kenobi", add_special_tokens=False)["input_ids"], tok(" bb", add_special_tokens=False)["input_ids"]]
+    prompts = [
+        tok("hello there", add_special_tokens=False)["input_ids"],
+        tok("a", add_special_tokens=False)["input_ids"],
+    ]
+    comps = [
+        tok(" general kenobi", add_special_tokens=False)["input_ids"],
+        tok(" bb", add_special_tokens=False)["input_ids"],
+    ]
     ids, attn, comp = pad_sequences(prompts, comps, tok.pad_token_id)
     scorer = SequenceScorer(model)
     assert scorer.fast

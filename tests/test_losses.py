@@ -1,4 +1,5 @@
 """Hand-computed values from docs/conventions.md L6 for every loss."""
+
 import math
 
 import pytest
@@ -11,16 +12,23 @@ from alignlab.losses.types import PairLogps
 
 def ref_batch(**kw) -> PairLogps:
     # policy chosen -10, rejected -15; reference chosen -12, rejected -14; |y_w|=4, |y_l|=5 -> h = 3
-    d = dict(chosen=torch.tensor([-10.0], dtype=torch.float64), rejected=torch.tensor([-15.0], dtype=torch.float64),
-             chosen_len=torch.tensor([4]), rejected_len=torch.tensor([5]),
-             ref_chosen=torch.tensor([-12.0], dtype=torch.float64), ref_rejected=torch.tensor([-14.0], dtype=torch.float64))
+    d = dict(
+        chosen=torch.tensor([-10.0], dtype=torch.float64),
+        rejected=torch.tensor([-15.0], dtype=torch.float64),
+        chosen_len=torch.tensor([4]),
+        rejected_len=torch.tensor([5]),
+        ref_chosen=torch.tensor([-12.0], dtype=torch.float64),
+        ref_rejected=torch.tensor([-14.0], dtype=torch.float64),
+    )
     d.update(kw)
     return PairLogps(**d)
 
 
 def at_h(h: float) -> PairLogps:
     z = torch.zeros(1, dtype=torch.float64)
-    return PairLogps(torch.tensor([h], dtype=torch.float64), z.clone(), torch.tensor([4]), torch.tensor([4]), z.clone(), z.clone())
+    return PairLogps(
+        torch.tensor([h], dtype=torch.float64), z.clone(), torch.tensor([4]), torch.tensor([4]), z.clone(), z.clone()
+    )
 
 
 def test_dpo_reference_batch():

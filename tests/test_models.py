@@ -2,9 +2,9 @@ import threading
 import time
 
 import pytest
+import tiny_models as tiny
 import torch
 
-import tiny_models as tiny
 from alignlab.models import loading, lora
 
 

@@ -13,13 +13,25 @@ def _rows(path, rows):
 
 
 def test_score_gold_writes_terms_that_add_up(tmp_path):
-    data = _rows(tmp_path / "in.jsonl", [
-        {"prompt": "Explain why ice floats on water.", "response": "Ice is less dense than liquid water because its "
-         "molecules lock into an open hexagonal lattice held by hydrogen bonds, so a block of ice displaces more "
-         "water than it weighs and stays at the surface.", "finished": True},
-        {"prompt": "Explain why ice floats on water.", "response": "Explain why ice floats on water.", "finished": True},
-        {"prompt": [{"role": "user", "content": "Name two primary colours."}], "response": "Red and blue."},
-    ])
+    data = _rows(
+        tmp_path / "in.jsonl",
+        [
+            {
+                "prompt": "Explain why ice floats on water.",
+                "response": "Ice is less dense than liquid water because its "
+                "molecules lock into an open hexagonal lattice held by hydrogen bonds, so a block of ice "
+                "displaces more "
+                "water than it weighs and stays at the surface.",
+                "finished": True,
+            },
+            {
+                "prompt": "Explain why ice floats on water.",
+                "response": "Explain why ice floats on water.",
+                "finished": True,
+            },
+            {"prompt": [{"role": "user", "content": "Name two primary colours."}], "response": "Red and blue."},
+        ],
+    )
     out = tmp_path / "run"
     assert cli(["score", "reward=gold", f"input={data}", f"output_dir={out}"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -1,4 +1,5 @@
 """alignlab.eval.stats: hand-derived values, bootstrap vs analytic error, determinism, validation."""
+
 import itertools
 import math
 import time
@@ -46,8 +47,11 @@ def test_anova_clips_negative_components_at_zero():
 def test_hand_example_exact_bootstrap_variance():
     # Exact two-level bootstrap variance = Σ_s(r_s − m)²/S² + Σ_p(c_p − m)²/P² + Σ e²/(S²P²)
     #   = 2/4 + 1.5/9 + 1/36 = 25/36; check by enumerating all 2²·3³ = 108 equally likely resamples.
-    means = [D[np.ix_(i, j)].mean() for i in itertools.product(range(2), repeat=2)
-             for j in itertools.product(range(3), repeat=3)]
+    means = [
+        D[np.ix_(i, j)].mean()
+        for i in itertools.product(range(2), repeat=2)
+        for j in itertools.product(range(3), repeat=3)
+    ]
     assert np.var(means) == pytest.approx(25 / 36)
     est = paired_gain(SCORES, BASE, n_boot=40000, seed=1)
     assert est.se == pytest.approx(5 / 6, rel=0.02)  # Monte-Carlo relative error ≈ 1/√(2B) ≈ 0.4%
@@ -86,9 +90,9 @@ def test_bootstrap_agrees_with_analytic_on_random_effects_model(data_seed):
     base = rng.normal(size=P)
     est = paired_gain(d + base, base, seed=0)
     assert est.se == pytest.approx(est.se_analytic, rel=0.10)
-    true_se = math.sqrt(s_seed ** 2 / S + s_prompt ** 2 / P + s_resid ** 2 / (S * P))
+    true_se = math.sqrt(s_seed**2 / S + s_prompt**2 / P + s_resid**2 / (S * P))
     assert est.se_analytic == pytest.approx(true_se, rel=0.35)  # σ²_seed from 8 seeds is noisy
-    assert est.sigma2_resid == pytest.approx(s_resid ** 2, rel=0.15)
+    assert est.sigma2_resid == pytest.approx(s_resid**2, rel=0.15)
 
 
 def test_seed_variance_matters_with_three_seeds():
@@ -187,8 +191,13 @@ def test_kl_hand_example():
     # 2 prompts × 2 samples; KL̂ = policy − ref = [[1, 3], [2, 2]], lengths [[2, 4], [1, 3]]
     # k_p = [2, 2] -> per_seq 2, s.e. 0; per_token = 8/10 = 0.8; l_p = [3, 2]
     # k_p − 0.8·l_p = [−0.4, 0.4]: sd = √0.32, se = √0.32/(√2·2.5) = 0.16; cut: 1 of 4
-    s = kl_summary([[-1.0, -2.0], [-3.0, -4.0]], [[-2.0, -5.0], [-5.0, -6.0]], [[2, 4], [1, 3]],
-                   [[False, True], [False, False]], temperature=0.7)
+    s = kl_summary(
+        [[-1.0, -2.0], [-3.0, -4.0]],
+        [[-2.0, -5.0], [-5.0, -6.0]],
+        [[2, 4], [1, 3]],
+        [[False, True], [False, False]],
+        temperature=0.7,
+    )
     assert (s.per_seq, s.per_seq_se, s.per_token) == pytest.approx((2.0, 0.0, 0.8))
     assert s.per_token_se == pytest.approx(0.16)
     assert s.share_cut == 0.25 and s.temperature == 0.7

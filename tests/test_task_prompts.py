@@ -1,5 +1,6 @@
 """The packaged prompt set: layout, the fixed train/validation/test split and its rule, uniqueness and
 near-duplicates, line validity, and loader/parser errors (see docs/task_prompts.md)."""
+
 import collections
 import hashlib
 import itertools
@@ -188,11 +189,7 @@ def test_no_prompt_is_another_plus_a_few_words(prompts):
     # ("Explain why X." vs "Explain in simple terms why X."), which Jaccard lets through.
     # The set's largest value is 6/7 (templates such as 'Define "..." in one or two sentences.').
     sets = [(p.id, set(_words(p.instruction))) for p in prompts]
-    close = [
-        (a, b)
-        for (a, x), (b, y) in itertools.combinations(sets, 2)
-        if len(x & y) / min(len(x), len(y)) > 0.9
-    ]
+    close = [(a, b) for (a, x), (b, y) in itertools.combinations(sets, 2) if len(x & y) / min(len(x), len(y)) > 0.9]
     assert not close, f"one prompt's words are (almost) all inside another's: {close}"
 
 
@@ -234,7 +231,7 @@ def test_every_line_is_a_valid_record():
 def test_duplicate_id_error_names_line():
     text = (
         '{"id": "a", "category": "c", "instruction": "x", "split": "train"}\n'
-        '\n'
+        "\n"
         '{"id": "a", "category": "c", "instruction": "y", "split": "test"}\n'
     )
     with pytest.raises(ValueError, match=r"f\.jsonl:3: field 'id': duplicate id 'a' \(first seen on line 1\)"):

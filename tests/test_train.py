@@ -1,26 +1,39 @@
-"""Training loop: gradient-accumulation invariance (docs/conventions.md R7), step-0 invariants (R6/R8), resume, NaN stop, CLI."""
+"""Training loop: gradient-accumulation invariance (docs/conventions.md R7), step-0 invariants (R6/R8), resume,
+NaN stop, CLI."""
+
 import json
 import math
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import make_pairs
+from tiny_models import tiny_causal_lm, tiny_tokenizer
 
 from alignlab.losses import LOSSES
 from alignlab.models.scorer import SequenceScorer
-from tiny_models import tiny_causal_lm, tiny_tokenizer
 from alignlab.precompute.reference import compute_logps
+from alignlab.recipes.train import NonFiniteLossError, TrainConfig, train
 from alignlab.training.schedule import BatchPlan
-from alignlab.recipes.train import NonFiniteLossError, train
 from alignlab.training.step import accumulate_gradients
-from alignlab.recipes.train import TrainConfig
-from conftest import make_pairs
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(model="tiny", lora=False, report_to="none", cpu=True, gradient_checkpointing=False,
-                per_device_batch_size=4, grad_accum=1, learning_rate=1e-3, output_dir=str(tmp_path / "run"),
-                warmup_ratio=0.0, lr_scheduler="constant", max_length=128, max_prompt_length=64)
+    base = dict(
+        model="tiny",
+        lora=False,
+        report_to="none",
+        cpu=True,
+        gradient_checkpointing=False,
+        per_device_batch_size=4,
+        grad_accum=1,
+        learning_rate=1e-3,
+        output_dir=str(tmp_path / "run"),
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        max_length=128,
+        max_prompt_length=64,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -40,9 +53,17 @@ def _grads(loss: str, per_device: int, accum: int, extra: dict, dtype=torch.floa
     return [p.grad.clone() for p in model.parameters()], keep
 
 
-LOSS_CASES = [("dpo", {}), ("cdpo", {"label_smoothing": 0.1}), ("ipo", {}), ("ipo", {"ipo_reduction": "sum"}),
-              ("slic", {}), ("rdpo", {"length_alpha": 0.05}), ("simpo", {}), ("dpo_norm", {}),
-              ("dpo", {"sft_weight": 0.5})]
+LOSS_CASES = [
+    ("dpo", {}),
+    ("cdpo", {"label_smoothing": 0.1}),
+    ("ipo", {}),
+    ("ipo", {"ipo_reduction": "sum"}),
+    ("slic", {}),
+    ("rdpo", {"length_alpha": 0.05}),
+    ("simpo", {}),
+    ("dpo_norm", {}),
+    ("dpo", {"sft_weight": 0.5}),
+]
 
 
 @pytest.mark.parametrize("loss,extra", LOSS_CASES)
@@ -78,8 +99,16 @@ def test_step0_invariants_and_metrics(tmp_path, tiny):
     assert m["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert m["kl/ref_policy"] == 0.0
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                "logps/chosen", "logps/rejected", "kl/ref_policy"):
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "kl/ref_policy",
+    ):
         assert key in logged[0]
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
@@ -100,13 +129,22 @@ def test_training_increases_margin_and_reference_cache_hits(tmp_path, tiny):
 def test_resume_matches_uninterrupted(tmp_path):
     tok = tiny_tokenizer()
     pairs = make_pairs(tok, 16, seed=2)
-    full = train(_cfg(tmp_path / "full", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2),
-                 tiny_causal_lm(tok, seed=7), tok, pairs)
-    part_cfg = _cfg(tmp_path / "part", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2, save_steps=2,
-                    stop_after_steps=3)
+    full = train(
+        _cfg(tmp_path / "full", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2),
+        tiny_causal_lm(tok, seed=7),
+        tok,
+        pairs,
+    )
+    part_cfg = _cfg(
+        tmp_path / "part", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2, save_steps=2, stop_after_steps=3
+    )
     train(part_cfg, tiny_causal_lm(tok, seed=7), tok, pairs)
-    resumed = train(_cfg(tmp_path / "part", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2,
-                         resume_from="latest"), tiny_causal_lm(tok, seed=7), tok, pairs)
+    resumed = train(
+        _cfg(tmp_path / "part", max_steps=6, lr_scheduler="cosine", warmup_ratio=0.2, resume_from="latest"),
+        tiny_causal_lm(tok, seed=7),
+        tok,
+        pairs,
+    )
     assert resumed.steps == 6
     for a, b in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
@@ -135,18 +173,36 @@ def test_rdpo_without_alpha_fails_fast(tmp_path):
 
 
 def test_cli_train_on_jsonl(tmp_path):
-    from alignlab.cli import main
     from tiny_models import save_tiny
+
+    from alignlab.cli import main
 
     model_dir = save_tiny(tmp_path / "tiny_model")
     data = tmp_path / "prefs.jsonl"
     rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(8)]
-    rows.append({"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
-                 "rejected": [{"role": "assistant", "content": "go away"}]})
+    rows.append(
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "hello"}],
+            "rejected": [{"role": "assistant", "content": "go away"}],
+        }
+    )
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "run"
-    rc = main(["train", f"model={model_dir}", f"data={data}", "lora=false", "max_steps=2", "report_to=none",
-               "per_device_batch_size=2", "gradient_checkpointing=false", f"output_dir={out}", "loss=ipo"])
+    rc = main(
+        [
+            "train",
+            f"model={model_dir}",
+            f"data={data}",
+            "lora=false",
+            "max_steps=2",
+            "report_to=none",
+            "per_device_batch_size=2",
+            "gradient_checkpointing=false",
+            f"output_dir={out}",
+            "loss=ipo",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "data_report.json").read_text())
     assert report["load"]["kept"] == 9 and report["tokenize"]["data/kept"] == 9

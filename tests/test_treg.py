@@ -1,11 +1,14 @@
-"""T-REG (docs/conventions.md T8): loss values and gradients, token rewards by contrastive prompting, alignment, caching,
+"""T-REG (docs/conventions.md T8): loss values and gradients, token rewards by contrastive prompting, alignment,
+caching,
 training integration and bad input."""
+
 import json
 import math
 
 import pytest
 import torch
 from accelerate import Accelerator
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 
 from alignlab.data.collate import TokenRewardAlignmentError, collate_pairs
 from alignlab.data.tokenize import PairTokenizer, TokenizedPair, tokenize_pairs
@@ -15,13 +18,11 @@ from alignlab.losses import treg as T
 from alignlab.losses.objective import preference_objective
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.models.scorer import SequenceScorer
-from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
 from alignlab.precompute import token_rewards as TR
 from alignlab.precompute.reference import compute_logps
+from alignlab.recipes.train import TrainConfig, train
 from alignlab.training.schedule import BatchPlan
-from alignlab.recipes.train import train
 from alignlab.training.step import accumulate_gradients
-from alignlab.recipes.train import TrainConfig
 
 F64 = torch.float64
 
@@ -65,10 +66,15 @@ def text_pairs(tokenizer, n=6, seed=0, max_length=96, max_prompt_length=48):
 
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
-    recs = [PreferenceRecord(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) + "?",
-                             " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))),
-                             " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))), f"toy[{i}]")
-            for i in range(n)]
+    recs = [
+        PreferenceRecord(
+            " ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) + "?",
+            " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))),
+            " ".join(rng.choice(words) for _ in range(rng.randint(1, 4))),
+            f"toy[{i}]",
+        )
+        for i in range(n)
+    ]
     pairs, _ = tokenize_pairs(recs, tokenizer, max_length, max_prompt_length)
     return pairs
 
@@ -97,8 +103,10 @@ def test_golden_vector():
     assert out.extras["treg/w"].item() == pytest.approx(0.450166, abs=1e-6)
 
 
-@pytest.mark.parametrize("loss,base,params", [("dpo_treg", "dpo", {"beta": 0.1}),
-                                              ("simpo_treg", "simpo", {"beta": 2.0, "gamma_beta_ratio": 0.3})])
+@pytest.mark.parametrize(
+    "loss,base,params",
+    [("dpo_treg", "dpo", {"beta": 0.1}), ("simpo_treg", "simpo", {"beta": 2.0, "gamma_beta_ratio": 0.3})],
+)
 def test_alpha_zero_and_zero_rewards_are_exactly_the_base_loss(loss, base, params):
     """T8.1-T8.2: alpha = 0 (any r̂) and r̂ = 0 (any alpha) give the base loss and gradients bit for bit."""
     lp_rows, rh_rows, ref = _random_case(1)
@@ -193,7 +201,8 @@ def test_alignment_guard_never_broadcasts():
 def test_token_reward_function_values_range_monotone_shift():
     d = torch.tensor([2.0, 0.0, -2.0, 4.9])
     assert T.token_rewards_from_logps(d, torch.zeros(4)).tolist() == pytest.approx(
-        [0.380797, 0.0, -0.380797, 0.492608], abs=1e-6)
+        [0.380797, 0.0, -0.380797, 0.492608], abs=1e-6
+    )
     x = torch.linspace(-60, 60, 2001)
     r = T.token_rewards_from_logps(x, torch.zeros_like(x))
     assert torch.all((r > -0.5) & (r < 0.5)) and torch.all(r[1:] >= r[:-1])
@@ -243,7 +252,7 @@ def test_precompute_equals_online_full_logits():
         ids = torch.tensor([ctx + rows.response])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-        return logp[len(ctx) - 1:, :].gather(-1, ids[0, len(ctx):].unsqueeze(-1)).squeeze(-1)
+        return logp[len(ctx) - 1 :, :].gather(-1, ids[0, len(ctx) :].unsqueeze(-1)).squeeze(-1)
 
     online = torch.sigmoid(lp(rows.better_ctx) - lp(rows.worse_ctx)) - 0.5
     assert torch.allclose(online, torch.tensor(cached[1][1]), atol=1e-6)
@@ -264,7 +273,7 @@ class _StubLM(torch.nn.Module):
         logits = torch.zeros(n, t, self.vocab)
         m = len(self.marker)
         for i, row in enumerate(input_ids.tolist()):
-            hit = any(row[j:j + m] == self.marker for j in range(t - m + 1))
+            hit = any(row[j : j + m] == self.marker for j in range(t - m + 1))
             logits[i, :, self.a if hit else self.b] = 3.0
         return SimpleNamespace(logits=logits + 0 * self.dummy)
 
@@ -276,20 +285,37 @@ def test_stub_lm_sign():
     tok = tiny_tokenizer()
     a, b = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
     stub = _StubLM(tok("better", add_special_tokens=False)["input_ids"], a, b, len(tok))
-    pair = TokenizedPair(tok("q", add_special_tokens=False)["input_ids"], [a, b, tok.eos_token_id], [b, a, tok.eos_token_id],
-                         "stub[0]", prompt="q", chosen_text="AB", rejected_text="BA")
+    pair = TokenizedPair(
+        tok("q", add_special_tokens=False)["input_ids"],
+        [a, b, tok.eos_token_id],
+        [b, a, tok.eos_token_id],
+        "stub[0]",
+        prompt="q",
+        chosen_text="AB",
+        rejected_text="BA",
+    )
     tpl = TR.TregTemplate("stub", "Make it better: {prompt}", "Make it worse: {prompt}")
-    (rc, rr), = TR.compute_token_rewards(stub, tok, [pair], tpl).rewards
+    ((rc, rr),) = TR.compute_token_rewards(stub, tok, [pair], tpl).rewards
     assert rc[0] > 0 and rc[1] < 0 and rr[0] < 0 and rr[1] > 0 and rc[2] == 0.0
 
 
 @pytest.mark.parametrize("kw", [{}, {"add_bos": True}, {"with_bos": False}, {"default_system": "You are helpful."}])
 def test_contexts_keep_training_ids_across_templates_bos_eos_truncation(kw):
     tok = tiny_tokenizer(**kw)
-    recs = [PreferenceRecord([{"role": "system", "content": "sys"}, {"role": "user", "content": "first"},
-                              {"role": "assistant", "content": "ok"}, {"role": "user", "content": "tell me more"}],
-                             "a fairly long chosen answer that will be cut", "short", "chat[0]"),
-            PreferenceRecord("plain prompt", "yes", "no", "plain[1]")]
+    recs = [
+        PreferenceRecord(
+            [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "tell me more"},
+            ],
+            "a fairly long chosen answer that will be cut",
+            "short",
+            "chat[0]",
+        ),
+        PreferenceRecord("plain prompt", "yes", "no", "plain[1]"),
+    ]
     pairs, rep = tokenize_pairs(recs, tok, max_length=60, max_prompt_length=40)
     assert rep.truncated_completion == 1  # the chosen answer of pair 0 is right-truncated for training
     pt = PairTokenizer(tok)
@@ -335,9 +361,21 @@ def test_bad_templates_and_mismatched_response_ids(tmp_path):
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(model="tiny", lora=False, report_to="none", cpu=True, gradient_checkpointing=False, loss="dpo_treg",
-                per_device_batch_size=4, learning_rate=1e-3, output_dir=str(tmp_path / "run"), warmup_ratio=0.0,
-                lr_scheduler="constant", max_length=96, max_prompt_length=48)
+    base = dict(
+        model="tiny",
+        lora=False,
+        report_to="none",
+        cpu=True,
+        gradient_checkpointing=False,
+        loss="dpo_treg",
+        per_device_batch_size=4,
+        learning_rate=1e-3,
+        output_dir=str(tmp_path / "run"),
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        max_length=96,
+        max_prompt_length=48,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -367,12 +405,22 @@ def _grads(loss, per_device, accum, rewards, extra):
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=3).to(F64)
     pairs = text_pairs(tok, 8, seed=5)
-    ref = compute_logps(SequenceScorer(tiny_causal_lm(tok, seed=4).to(F64)), pairs, list(range(8)), tok.pad_token_id,
-                        8, "cpu")
+    ref = compute_logps(
+        SequenceScorer(tiny_causal_lm(tok, seed=4).to(F64)), pairs, list(range(8)), tok.pad_token_id, 8, "cpu"
+    )
     cfg = TrainConfig(loss=loss, per_device_batch_size=per_device, grad_accum=accum, alpha=0.5, **extra)
     plan = BatchPlan(8, per_device, accum, 1, 0, [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs])
-    keep, bad = accumulate_gradients(cfg.step_settings(), Accelerator(cpu=True), SequenceScorer(model), plan, pairs, ref,
-                                     tok.pad_token_id, 0, rewards(pairs))
+    keep, bad = accumulate_gradients(
+        cfg.step_settings(),
+        Accelerator(cpu=True),
+        SequenceScorer(model),
+        plan,
+        pairs,
+        ref,
+        tok.pad_token_id,
+        0,
+        rewards(pairs),
+    )
     assert not bad and "treg/w" in keep.extras
     return [p.grad.clone() for p in model.parameters()]
 
@@ -383,8 +431,13 @@ def test_grad_accumulation_invariance_treg(loss, extra):
     g = torch.Generator().manual_seed(0)
 
     def rewards(pairs):
-        return [((torch.rand(len(p.chosen_ids), generator=g) - 0.5).tolist(),
-                 (torch.rand(len(p.rejected_ids), generator=g) - 0.5).tolist()) for p in pairs]
+        return [
+            (
+                (torch.rand(len(p.chosen_ids), generator=g) - 0.5).tolist(),
+                (torch.rand(len(p.rejected_ids), generator=g) - 0.5).tolist(),
+            )
+            for p in pairs
+        ]
 
     table = rewards(text_pairs(tiny_tokenizer(), 8, seed=5))
     ref = _grads(loss, 8, 1, lambda _: table, extra)
@@ -396,18 +449,32 @@ def test_grad_accumulation_invariance_treg(loss, extra):
 def test_train_dpo_treg_step0_and_cache(tmp_path):
     tok = tiny_tokenizer()
     pairs = text_pairs(tok, 8)
-    res = train(_cfg(tmp_path, max_steps=1, per_device_batch_size=8, learning_rate=0.0, alpha=0.0), tiny_causal_lm(tok),
-                tok, pairs)
+    res = train(
+        _cfg(tmp_path, max_steps=1, per_device_batch_size=8, learning_rate=0.0, alpha=0.0),
+        tiny_causal_lm(tok),
+        tok,
+        pairs,
+    )
     m = res.metrics[0]
     assert m["treg/w"] == 0.5 and m["loss"] == pytest.approx(math.log(2), abs=1e-6)  # alpha=0, policy = reference
     assert -0.5 < m["treg/rhat_mean_chosen"] < 0.5 and 0 <= m["treg/rhat_pos_frac"] <= 1
     assert not res.treg_cache_hit
-    res2 = train(_cfg(tmp_path / "b", max_steps=2, per_device_batch_size=4, lora=True, learning_rate=1e-2),
-                 tiny_causal_lm(tok), tok, pairs)
+    res2 = train(
+        _cfg(tmp_path / "b", max_steps=2, per_device_batch_size=4, lora=True, learning_rate=1e-2),
+        tiny_causal_lm(tok),
+        tok,
+        pairs,
+    )
     assert res2.treg_cache_hit and res2.metrics[0]["treg/w"] == 0.5 and math.isfinite(res2.metrics[-1]["loss"])
     logged = json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    for k in ("treg/w", "treg/reg_chosen", "treg/reg_rejected", "treg/rhat_mean_chosen", "treg/rhat_mean_rejected",
-              "treg/rhat_pos_frac"):
+    for k in (
+        "treg/w",
+        "treg/reg_chosen",
+        "treg/reg_rejected",
+        "treg/rhat_mean_chosen",
+        "treg/rhat_mean_rejected",
+        "treg/rhat_pos_frac",
+    ):
         assert k in logged
 
 
@@ -420,9 +487,22 @@ def test_cli_train_treg(tmp_path, loss):
     rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(6)]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "run"
-    rc = main(["train", f"model={model_dir}", f"data={data}", "lora=false", "max_steps=2", "report_to=none",
-               "per_device_batch_size=3", "gradient_checkpointing=false", f"output_dir={out}", f"loss={loss}",
-               "alpha=0.25", "treg_template=generation"])
+    rc = main(
+        [
+            "train",
+            f"model={model_dir}",
+            f"data={data}",
+            "lora=false",
+            "max_steps=2",
+            "report_to=none",
+            "per_device_batch_size=3",
+            "gradient_checkpointing=false",
+            f"output_dir={out}",
+            f"loss={loss}",
+            "alpha=0.25",
+            "treg_template=generation",
+        ]
+    )
     assert rc == 0
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 < first["treg/w"] < 1 and (loss != "dpo_treg" or first["treg/w"] == 0.5)

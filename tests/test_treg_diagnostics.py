@@ -8,9 +8,11 @@ from alignlab.eval.treg_diagnostics import format_diagnostics, token_reward_diag
 
 
 def test_hand_example():
-    rewards = [([0.2, 0.1], [-0.1]),  # Σ chosen 0.3 > Σ rejected -0.1: prefers chosen
-               ([0.005, 0.005], [0.3]),  # 0.01 < 0.3: prefers rejected
-               ([0.0], [0.0])]  # tie: counts 1/2
+    rewards = [
+        ([0.2, 0.1], [-0.1]),  # Σ chosen 0.3 > Σ rejected -0.1: prefers chosen
+        ([0.005, 0.005], [0.3]),  # 0.01 < 0.3: prefers rejected
+        ([0.0], [0.0]),
+    ]  # tie: counts 1/2
     d = token_reward_diagnostics(rewards, {"relevance": [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)]})
     assert d["pairs"] == 3 and d["tokens"] == 8
     assert d["pref_chosen"] == pytest.approx((1 + 0 + 0.5) / 3)

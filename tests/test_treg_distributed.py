@@ -1,8 +1,7 @@
 """T-REG under 2 CPU ranks (gloo): token rewards scored as rank shards + all-reduce, training equal to 1 process."""
-import pytest
-import torch
-from safetensors.torch import load_file
 
+import pytest
+from safetensors.torch import load_file
 from test_distributed import PARAM_TOL, _max_param_diff, _result, _run, assets, metrics_close  # noqa: F401
 
 pytestmark = pytest.mark.slow

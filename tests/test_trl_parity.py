@@ -39,6 +39,7 @@ The sequence length defaults to 64 tokens (``ALIGNLAB_TRL_PARITY_MAX_LENGTH`` ov
 the shared 2-core CPU one forward of 16 x 256 tokens of the 135M model takes 10-35 s, and the module runs
 2 + 3 x 8 forward-equivalents, so 256 takes 10+ minutes there.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,11 @@ LOSS_ATOL = 1e-4
 if not HH_FILE.is_file():
     pytest.skip(f"HH data not found at {HH_FILE}", allow_module_level=True)
 if trl.__version__ != TRL_VERSION:
-    pytest.skip(f"TRL parity is pinned to trl=={TRL_VERSION}; found {trl.__version__} (TRL's DPO changed a lot "
-                "between versions, see docs/conventions.md L5)", allow_module_level=True)
+    pytest.skip(
+        f"TRL parity is pinned to trl=={TRL_VERSION}; found {trl.__version__} (TRL's DPO changed a lot "
+        "between versions, see docs/conventions.md L5)",
+        allow_module_level=True,
+    )
 
 pytestmark = pytest.mark.slow
 
@@ -88,12 +92,30 @@ def _trl_config(output_dir: str):
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=output_dir, report_to="none", use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, disable_dropout=True, max_length=MAX_LENGTH, truncation_mode="keep_start",
-        per_device_train_batch_size=N_PAIRS, gradient_accumulation_steps=1, max_steps=1,
-        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, weight_decay=0.0,
-        loss_type=["sigmoid"], beta=BETA, precompute_ref_log_probs=True, logging_steps=1, save_strategy="no",
-        disable_tqdm=True, seed=0, dataloader_drop_last=False,
+        output_dir=output_dir,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        max_length=MAX_LENGTH,
+        truncation_mode="keep_start",
+        per_device_train_batch_size=N_PAIRS,
+        gradient_accumulation_steps=1,
+        max_steps=1,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        loss_type=["sigmoid"],
+        beta=BETA,
+        precompute_ref_log_probs=True,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        dataloader_drop_last=False,
     )
 
 
@@ -121,15 +143,28 @@ def parity(tmp_path_factory):
     pt = PairTokenizer(tok)
     kept = [r for r in records if len(pt.prompt_ids(r.prompt)) < MAX_LENGTH][:N_PAIRS]
     assert len(kept) == N_PAIRS
-    ds = Dataset.from_list([{"prompt": r.prompt, "chosen": [{"role": "assistant", "content": r.chosen}],
-                             "rejected": [{"role": "assistant", "content": r.rejected}]} for r in kept])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": r.prompt,
+                "chosen": [{"role": "assistant", "content": r.chosen}],
+                "rejected": [{"role": "assistant", "content": r.rejected}],
+            }
+            for r in kept
+        ]
+    )
 
     trl_model = copy.deepcopy(base)
     optimizer = torch.optim.SGD(trl_model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     out_dir = tmp_path_factory.mktemp("trl_parity")
-    trainer = DPOTrainer(model=trl_model, args=_trl_config(str(out_dir)), train_dataset=ds, processing_class=tok,
-                         optimizers=(optimizer, scheduler))
+    trainer = DPOTrainer(
+        model=trl_model,
+        args=_trl_config(str(out_dir)),
+        train_dataset=ds,
+        processing_class=tok,
+        optimizers=(optimizer, scheduler),
+    )
     train_ds = trainer.train_dataset
     assert len(train_ds) == N_PAIRS, "TRL dropped one of the selected records"
     examples = [train_ds[i] for i in range(N_PAIRS)]
@@ -142,8 +177,9 @@ def parity(tmp_path_factory):
     report = TokenizeReport()
     pairs = []
     for i, ex in enumerate(examples):
-        cut = truncate_pair(list(ex["prompt_ids"]), list(ex["chosen_ids"]), list(ex["rejected_ids"]), MAX_LENGTH,
-                            MAX_LENGTH - 1, report)
+        cut = truncate_pair(
+            list(ex["prompt_ids"]), list(ex["chosen_ids"]), list(ex["rejected_ids"]), MAX_LENGTH, MAX_LENGTH - 1, report
+        )
         assert cut is not None
         pairs.append(TokenizedPair(*cut, source=kept[i].source))
     pad_id = tok.pad_token_id
@@ -152,14 +188,30 @@ def parity(tmp_path_factory):
     al_model = copy.deepcopy(base)
     al_model.eval()
     with torch.no_grad():
-        al_logps0 = SequenceScorer(al_model)(al_batch.input_ids, al_batch.attention_mask,
-                                             al_batch.completion_mask).sum.float()
+        al_logps0 = SequenceScorer(al_model)(
+            al_batch.input_ids, al_batch.attention_mask, al_batch.completion_mask
+        ).sum.float()
     ref_table = torch.stack([al_logps0[:N_PAIRS], al_logps0[N_PAIRS:]], dim=1)  # alignlab's own [N, 2] reference
 
-    return dict(base=base, tok=tok, pt=pt, records=kept, trainer=trainer, trl_model=trl_model, trl_batch=trl_batch,
-                trl_logps0=trl_logps0, examples=examples, pairs=pairs, al_batch=al_batch, al_model=al_model,
-                al_logps0=al_logps0, ref_table=ref_table, pad_id=pad_id, report=report,
-                accelerator=Accelerator(cpu=True))
+    return dict(
+        base=base,
+        tok=tok,
+        pt=pt,
+        records=kept,
+        trainer=trainer,
+        trl_model=trl_model,
+        trl_batch=trl_batch,
+        trl_logps0=trl_logps0,
+        examples=examples,
+        pairs=pairs,
+        al_batch=al_batch,
+        al_model=al_model,
+        al_logps0=al_logps0,
+        ref_table=ref_table,
+        pad_id=pad_id,
+        report=report,
+        accelerator=Accelerator(cpu=True),
+    )
 
 
 @pytest.mark.slow
@@ -195,8 +247,10 @@ def test_tokenization_conventions_documented(parity):
 def test_step0_sequence_logps_match_trl(parity):
     """Per-sequence summed completion log-probs on TRL's ids: alignlab vs TRL's compute_ref_log_probs."""
     diff = (parity["al_logps0"] - parity["trl_logps0"]).abs()
-    print(f"\n[trl-parity] step-0 summed logps: max |alignlab - TRL| = {diff.max().item():.3e} "
-          f"(values {parity['trl_logps0'].min().item():.1f} .. {parity['trl_logps0'].max().item():.1f})")
+    print(
+        f"\n[trl-parity] step-0 summed logps: max |alignlab - TRL| = {diff.max().item():.3e} "
+        f"(values {parity['trl_logps0'].min().item():.1f} .. {parity['trl_logps0'].max().item():.1f})"
+    )
     assert diff.max().item() <= LOGP_ATOL, diff
 
 
@@ -207,22 +261,34 @@ def _reset(model, base):
 
 def _alignlab_step(parity, loss: str, lr: float):
     """One alignlab step: accumulate_gradients (the recipe's forward/backward) + the same plain SGD."""
+    from alignlab.losses.objective import preference_objective
     from alignlab.models.scorer import SequenceScorer
+    from alignlab.recipes.train import TrainConfig
     from alignlab.training.schedule import BatchPlan
     from alignlab.training.step import accumulate_gradients, pair_logps
-    from alignlab.recipes.train import TrainConfig
-    from alignlab.losses.objective import preference_objective
 
     model, pairs = parity["al_model"], parity["pairs"]
     _reset(model, parity["base"])
-    cfg = TrainConfig(loss=loss, beta=BETA, lora=False, gradient_checkpointing=False, per_device_batch_size=N_PAIRS,
-                      grad_accum=1, max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH - 1, report_to="none",
-                      cpu=True, learning_rate=lr, max_grad_norm=0.0)
+    cfg = TrainConfig(
+        loss=loss,
+        beta=BETA,
+        lora=False,
+        gradient_checkpointing=False,
+        per_device_batch_size=N_PAIRS,
+        grad_accum=1,
+        max_length=MAX_LENGTH,
+        max_prompt_length=MAX_LENGTH - 1,
+        report_to="none",
+        cpu=True,
+        learning_rate=lr,
+        max_grad_norm=0.0,
+    )
     plan = BatchPlan(N_PAIRS, N_PAIRS, 1, 1, cfg.seed, [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs])
     scorer = SequenceScorer(model)
     model.train()
-    keep, bad = accumulate_gradients(cfg.step_settings(), parity["accelerator"], scorer, plan, pairs, parity["ref_table"],
-                                     parity["pad_id"], 0)
+    keep, bad = accumulate_gradients(
+        cfg.step_settings(), parity["accelerator"], scorer, plan, pairs, parity["ref_table"], parity["pad_id"], 0
+    )
     assert not bad
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     optimizer.step()
@@ -272,14 +338,19 @@ def test_one_sgd_step_matches_trl(parity, loss, trl_loss, lr):
 
     expected0 = {"dpo": math.log(2.0), "ipo": 1.0 / (4 * BETA**2), "hinge": 1.0}[loss]  # policy == reference
     params_trl = dict(parity["trl_model"].named_parameters())
-    w_diff = max((p.detach() - params_trl[n].detach()).abs().max().item()
-                 for n, p in parity["al_model"].named_parameters())
-    w_step = max((p.detach() - b.detach()).abs().max().item()
-                 for (n, p), b in zip(parity["al_model"].named_parameters(), parity["base"].parameters()))
+    w_diff = max(
+        (p.detach() - params_trl[n].detach()).abs().max().item() for n, p in parity["al_model"].named_parameters()
+    )
+    w_step = max(
+        (p.detach() - b.detach()).abs().max().item()
+        for (n, p), b in zip(parity["al_model"].named_parameters(), parity["base"].parameters())
+    )
     logp_diff = (al_logps1 - trl_logps1).abs().max().item()
-    print(f"\n[trl-parity] {loss}: loss0 alignlab {al_loss0:.6f} TRL {trl_loss0:.6f}; after 1 SGD step (lr {lr:g}) "
-          f"alignlab {al_loss1:.6f} TRL {trl_loss1:.6f} |diff| {abs(al_loss1 - trl_loss1):.2e}; "
-          f"logps |diff| {logp_diff:.2e}; weights max|diff| {w_diff:.2e} (max |update| {w_step:.2e})")
+    print(
+        f"\n[trl-parity] {loss}: loss0 alignlab {al_loss0:.6f} TRL {trl_loss0:.6f}; after 1 SGD step (lr {lr:g}) "
+        f"alignlab {al_loss1:.6f} TRL {trl_loss1:.6f} |diff| {abs(al_loss1 - trl_loss1):.2e}; "
+        f"logps |diff| {logp_diff:.2e}; weights max|diff| {w_diff:.2e} (max |update| {w_step:.2e})"
+    )
 
     assert al_loss0 == pytest.approx(expected0, abs=LOSS_ATOL)
     assert abs(al_loss0 - trl_loss0) <= LOSS_ATOL

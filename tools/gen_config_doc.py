@@ -1,18 +1,29 @@
 """Regenerate docs/config.md from the config dataclasses: python tools/gen_config_doc.py > docs/config.md"""
-import dataclasses, typing, re, inspect
-from alignlab.recipes.train import TrainConfig
+
+import dataclasses
+import inspect
+import re
+import typing
+
 from alignlab.recipes.demo import DemoConfig
 from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
+from alignlab.recipes.train import TrainConfig
+
+
 def comments(cls):
     src = inspect.getsource(cls)
     out = {}
     for line in src.splitlines():
         m = re.match(r"\s+(\w+): [^=]+= (.+?)(?:\s+#\s*(.*))?$", line)
-        if m: out[m.group(1)] = m.group(3) or ""
+        if m:
+            out[m.group(1)] = m.group(3) or ""
     return out
+
+
 def table(cls):
-    hints = typing.get_type_hints(cls); c = comments(cls)
+    hints = typing.get_type_hints(cls)
+    c = comments(cls)
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         t = str(hints[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
@@ -20,7 +31,10 @@ def table(cls):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         rows.append(f"| `{f.name}` | {t} | `{default!r}` | {meaning} |")
     return "\n".join(rows)
-print("""# Configuration reference
+
+
+print(
+    """# Configuration reference
 
 Every entry point has one flat config dataclass. Values come from the defaults, then `--config FILE.yaml`,
 then `key=value` arguments (later wins); unknown keys are errors. The resolved config is written to
@@ -28,7 +42,9 @@ then `key=value` arguments (later wins); unknown keys are errors. The resolved c
 
 ## `alignlab train` (`alignlab.recipes.train.TrainConfig`)
 
-""" + table(TrainConfig) + """
+"""
+    + table(TrainConfig)
+    + """
 
 Notes
 - Effective batch = `per_device_batch_size × grad_accum × number of processes` pairs. Per-pair losses are
@@ -41,23 +57,31 @@ Notes
 
 ## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
 
-""" + table(DemoConfig) + """
+"""
+    + table(DemoConfig)
+    + """
 
 ## `alignlab generate` (`alignlab.recipes.generate.GenerateConfig`)
 
 Method parameters left unset take the method's defaults; see [decoding.md](decoding.md).
 
-""" + table(GenerateConfig) + """
+"""
+    + table(GenerateConfig)
+    + """
 
 ## `alignlab heatmap` (`alignlab.recipes.heatmap.HeatmapConfig`)
 
-""" + table(HeatmapConfig) + """
+"""
+    + table(HeatmapConfig)
+    + """
 
 ## Environment
 
 | variable | effect |
 |---|---|
-| `ALIGNLAB_CACHE` | cache root (default `$XDG_CACHE_HOME/alignlab` or `~/.cache/alignlab`): models, reference log-probs, on-policy pairs |
+| `ALIGNLAB_CACHE` | cache root (default `$XDG_CACHE_HOME/alignlab` or `~/.cache/alignlab`): models, reference \
+log-probs, on-policy pairs |
 | `ALIGNLAB_MODEL_CACHE` | model cache directory only (default `<cache>/models`) |
 | `HF_HUB_OFFLINE=1` | set by the Makefile; the built-in model never needs the hub |
-""")
+"""
+)

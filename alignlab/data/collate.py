@@ -1,4 +1,5 @@
 """Batching of tokenized pairs into padded tensors (right padding, dynamic length)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class PairBatch:
 
     def to(self, device) -> "PairBatch":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PairBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.completion_mask), mv(self.index), mv(self.ref_logps),
-                         mv(self.token_rewards))
+        return PairBatch(
+            mv(self.input_ids),
+            mv(self.attention_mask),
+            mv(self.completion_mask),
+            mv(self.index),
+            mv(self.ref_logps),
+            mv(self.token_rewards),
+        )
 
 
 def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -57,7 +64,9 @@ class TokenRewardAlignmentError(ValueError):
     """Token rewards that do not line up one-to-one with a response's token ids (never broadcast or padded)."""
 
 
-def token_reward_rows(pairs: list[TokenizedPair], rewards: list[tuple[list[float], list[float]]], T: int) -> torch.Tensor:
+def token_reward_rows(
+    pairs: list[TokenizedPair], rewards: list[tuple[list[float], list[float]]], T: int
+) -> torch.Tensor:
     """[2B, T-1] token rewards placed where SeqLogps.token scores each response token (label shift: the token at
     position i of input_ids is scored at i-1). ``rewards[k]`` = (chosen r̂, rejected r̂) of ``pairs[k]``."""
     out = torch.zeros(2 * len(pairs), T - 1)
@@ -67,7 +76,8 @@ def token_reward_rows(pairs: list[TokenizedPair], rewards: list[tuple[list[float
             if len(r) != len(ids):
                 raise TokenRewardAlignmentError(
                     f"{p.source}: {len(r)} token rewards for a response of {len(ids)} tokens; token rewards must be "
-                    "computed on exactly the training ids (recompute them after changing tokenizer/max_length)")
+                    "computed on exactly the training ids (recompute them after changing tokenizer/max_length)"
+                )
             if not p.prompt_ids:
                 raise TokenRewardAlignmentError(f"{p.source}: empty prompt; the first response token cannot be scored")
             start = len(p.prompt_ids) - 1
@@ -81,14 +91,18 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        attn[i, T - len(r):] = 1
+        ids[i, T - len(r) :] = torch.tensor(r, dtype=torch.long)
+        attn[i, T - len(r) :] = 1
     return ids, attn
 
 
-def collate_pairs(pairs: list[TokenizedPair], indices: list[int], pad_id: int,
-                  ref_logps: torch.Tensor | None = None,
-                  token_rewards: list[tuple[list[float], list[float]]] | None = None) -> PairBatch:
+def collate_pairs(
+    pairs: list[TokenizedPair],
+    indices: list[int],
+    pad_id: int,
+    ref_logps: torch.Tensor | None = None,
+    token_rewards: list[tuple[list[float], list[float]]] | None = None,
+) -> PairBatch:
     """ref_logps, if given, is the [N, 2] (chosen, rejected) table for the whole dataset; token_rewards, if
     given, the per-pair (chosen, rejected) token-reward lists of the whole dataset (indexed like ref_logps)."""
     prompts = [p.prompt_ids for p in pairs] * 2
@@ -96,5 +110,7 @@ def collate_pairs(pairs: list[TokenizedPair], indices: list[int], pad_id: int,
     ids, attn, comp = pad_sequences(prompts, comps, pad_id)
     index = torch.tensor(indices, dtype=torch.long)
     ref = None if ref_logps is None else torch.cat([ref_logps[index, 0], ref_logps[index, 1]]).float()
-    rhat = None if token_rewards is None else token_reward_rows(pairs, [token_rewards[i] for i in indices], ids.shape[1])
+    rhat = (
+        None if token_rewards is None else token_reward_rows(pairs, [token_rewards[i] for i in indices], ids.shape[1])
+    )
     return PairBatch(ids, attn, comp, index, ref, rhat)

@@ -44,6 +44,7 @@ Consecutive same-role HH turns (4 kept rows of the HH harmless-base test split h
 in a row mid-dialogue) are merged, joined by a blank line, so roles alternate and no text is lost.
 Invariant: ``report.read == report.kept + sum(report.skipped.values())``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -82,8 +83,9 @@ class _Skip(Exception):
 # ----------------------------------------------------------------------------- public API
 
 
-def load_preference_records(spec: str, split: str = "train", limit: int | None = None,
-                            on_bad: str = "error") -> tuple[list[PreferenceRecord], LoadReport]:
+def load_preference_records(
+    spec: str, split: str = "train", limit: int | None = None, on_bad: str = "error"
+) -> tuple[list[PreferenceRecord], LoadReport]:
     """Read ``spec`` into records plus a report of what was read, kept and skipped (see module doc)."""
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
@@ -159,8 +161,10 @@ def _iter_rows(spec: str, split: str) -> Iterator[tuple[str, object]]:
         return _iter_hf("hf:" + spec, split)
     if spec.endswith((".jsonl", ".jsonl.gz")):
         return _iter_jsonl(Path(spec))
-    raise DataError(f"{spec!r}: unsupported input; expected .jsonl, .jsonl.gz, hf:org/name[:config] "
-                    "or a dataset directory", "unsupported")
+    raise DataError(
+        f"{spec!r}: unsupported input; expected .jsonl, .jsonl.gz, hf:org/name[:config] or a dataset directory",
+        "unsupported",
+    )
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
@@ -196,7 +200,7 @@ def _iter_txt(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _iter_hf(spec: str, split: str) -> Iterator[tuple[str, object]]:
-    name = spec[len("hf:"):]
+    name = spec[len("hf:") :]
     ds = _open_hf(spec, name, split)
     for i, row in enumerate(ds):
         yield f"hf:{name}[{split}][{i}]", row
@@ -214,8 +218,7 @@ def _open_hf(spec: str, name: str, split: str):
             path, _, config = name.partition(":")
             ds = datasets.load_dataset(path, config or None, split=split)
     except Exception as e:  # datasets raises many types (offline, not found, bad config); name the spec
-        raise DataError(f"could not load {spec!r} (split {split!r}): {type(e).__name__}: {e}",
-                        "unreadable") from e
+        raise DataError(f"could not load {spec!r} (split {split!r}): {type(e).__name__}: {e}", "unreadable") from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(f"{spec!r} has no split {split!r} (has {sorted(ds)})", "unreadable")
@@ -240,8 +243,9 @@ def _row_to_pair(row: object, source: str) -> tuple:
         raise DataError(f"{source}: row must be a JSON object, got {type(row).__name__}", "bad_type")
     chosen, rejected = _text_field(row, "chosen", source), _text_field(row, "rejected", source)
     if type(chosen) is not type(rejected):
-        raise DataError(f"{source}: field 'rejected' is a {_kind(rejected)} but 'chosen' is a "
-                        f"{_kind(chosen)}", "bad_type")
+        raise DataError(
+            f"{source}: field 'rejected' is a {_kind(rejected)} but 'chosen' is a {_kind(chosen)}", "bad_type"
+        )
     if row.get("prompt") is None and isinstance(chosen, str) and (HH_HUMAN in chosen or HH_HUMAN in rejected):
         prompt, chosen, rejected = _from_hh(chosen, rejected, source)
     elif row.get("prompt") is None and isinstance(chosen, list):
@@ -260,8 +264,9 @@ def _text_field(row: dict, field: str, source: str):
     if isinstance(value, list):
         _check_messages(value, field, source)
     elif not isinstance(value, str):
-        raise DataError(f"{source}: field {field!r} must be a string or a list of messages, "
-                        f"got {type(value).__name__}", "bad_type")
+        raise DataError(
+            f"{source}: field {field!r} must be a string or a list of messages, got {type(value).__name__}", "bad_type"
+        )
     return value
 
 
@@ -269,13 +274,13 @@ def _check_messages(messages: list, field: str, source: str) -> None:
     for i, m in enumerate(messages):
         where = f"{source}: field {field!r} message {i}"
         if not isinstance(m, dict):
-            raise DataError(f"{where}: must be an object with 'role' and 'content', got "
-                            f"{type(m).__name__}", "bad_messages")
+            raise DataError(
+                f"{where}: must be an object with 'role' and 'content', got {type(m).__name__}", "bad_messages"
+            )
         if m.get("role") not in ROLES:
             raise DataError(f"{where}: role {m.get('role')!r} is not one of {ROLES}", "bad_messages")
         if not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: content must be a string, got {type(m.get('content')).__name__}",
-                            "bad_messages")
+            raise DataError(f"{where}: content must be a string, got {type(m.get('content')).__name__}", "bad_messages")
 
 
 def _from_hh(chosen: str, rejected: str, source: str) -> tuple:
@@ -325,8 +330,9 @@ def _from_explicit(prompt, chosen, rejected, source: str) -> tuple:
 def _same_prompt(given, conv_prompt: list) -> bool:
     if isinstance(given, list):
         return _key(given) == _key(conv_prompt)
-    return bool(conv_prompt) and conv_prompt[-1]["role"] == "user" and \
-        conv_prompt[-1]["content"].strip() == given.strip()
+    return (
+        bool(conv_prompt) and conv_prompt[-1]["role"] == "user" and conv_prompt[-1]["content"].strip() == given.strip()
+    )
 
 
 def _check_usable(prompt, chosen, rejected) -> None:
@@ -392,8 +398,9 @@ def load_scored_rows(spec: str, limit: int | None = None) -> list[ScoredRow]:
             prompt = prompt[-1]["content"]
         response = row.get("response", row.get("completion"))
         if not isinstance(response, str):
-            raise DataError(f"{source}: field 'response' must be a string, got {type(response).__name__}",
-                            "missing_field")
+            raise DataError(
+                f"{source}: field 'response' must be a string, got {type(response).__name__}", "missing_field"
+            )
         finished = row.get("finished")
         if finished is not None and not isinstance(finished, bool):
             raise DataError(f"{source}: field 'finished' must be true/false, got {finished!r}", "bad_type")

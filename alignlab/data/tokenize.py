@@ -9,6 +9,7 @@ Policy (documented in docs/data.md):
   completion keeps its **first** tokens so the sequence fits ``max_length`` (right-truncation, same rule for
   chosen and rejected). A completion that would become empty drops the pair. All counted in TokenizeReport.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class TokenizeReport:
     def summary(self) -> str:
         return (
             f"{self.kept}/{self.total} pairs kept; prompts truncated: {self.truncated_prompt}; "
-            f"completions truncated: {self.truncated_completion}; dropped (empty after truncation): {self.dropped_empty}"
+            f"completions truncated: {self.truncated_completion}; "
+            f"dropped (empty after truncation): {self.dropped_empty}"
         )
 
 
@@ -87,8 +89,12 @@ class PairTokenizer:
         self.bos_id = tokenizer.bos_token_id
         # Does the tokenizer itself prepend BOS (Llama-style)? Then rendered text must not carry one too.
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-        self.auto_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id and \
-            tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [self.bos_id]
+        self.auto_bos = (
+            self.bos_id is not None
+            and len(probe) > 0
+            and probe[0] == self.bos_id
+            and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [self.bos_id]
+        )
 
     def prompt_ids(self, prompt: Text) -> list[int]:
         if self.use_chat_template:
@@ -114,8 +120,14 @@ class PairTokenizer:
             raise TokenizationError(f"{source}: completion must end with exactly one EOS id {self.eos_id}")
 
 
-def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], max_length: int, max_prompt_length: int,
-                  report: TokenizeReport) -> tuple[list[int], list[int], list[int]] | None:
+def truncate_pair(
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    max_length: int,
+    max_prompt_length: int,
+    report: TokenizeReport,
+) -> tuple[list[int], list[int], list[int]] | None:
     """Apply the truncation policy; returns None (and counts) if a completion would become empty."""
     if len(prompt) > max_prompt_length:
         prompt = prompt[-max_prompt_length:]
@@ -129,8 +141,14 @@ def truncate_pair(prompt: list[int], chosen: list[int], rejected: list[int], max
     return prompt, chosen, rejected
 
 
-def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int = 1024, max_prompt_length: int = 512,
-                   use_chat_template: bool | None = None, audit_first: int = 64) -> tuple[list[TokenizedPair], TokenizeReport]:
+def tokenize_pairs(
+    records: list[PreferenceRecord],
+    tokenizer,
+    max_length: int = 1024,
+    max_prompt_length: int = 512,
+    use_chat_template: bool | None = None,
+    audit_first: int = 64,
+) -> tuple[list[TokenizedPair], TokenizeReport]:
     """Tokenize and truncate; the report counts every truncation and drop (never silent loss)."""
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length})")
@@ -147,8 +165,15 @@ def tokenize_pairs(records: list[PreferenceRecord], tokenizer, max_length: int =
             report.dropped_empty += 1
             report.dropped_sources.append(rec.source)
             continue
-        out.append(TokenizedPair(*cut, source=rec.source, prompt=rec.prompt, chosen_text=_completion_text(rec.chosen),
-                                 rejected_text=_completion_text(rec.rejected)))
+        out.append(
+            TokenizedPair(
+                *cut,
+                source=rec.source,
+                prompt=rec.prompt,
+                chosen_text=_completion_text(rec.chosen),
+                rejected_text=_completion_text(rec.rejected),
+            )
+        )
     report.kept = len(out)
     return out, report
 

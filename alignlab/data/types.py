@@ -1,4 +1,5 @@
 """Typed containers that cross the data -> recipe boundary."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class LoadReport:
         head = f"{self.spec or 'data'}: read {self.read}, kept {self.kept}"
         if not self.skipped:
             return head + ", skipped 0"
-        parts = [f"{reason}={n} e.g. {', '.join(self.examples.get(reason, [])[:2])}"
-                 for reason, n in sorted(self.skipped.items())]
+        parts = [
+            f"{reason}={n} e.g. {', '.join(self.examples.get(reason, [])[:2])}"
+            for reason, n in sorted(self.skipped.items())
+        ]
         return f"{head}, skipped {sum(self.skipped.values())} ({'; '.join(parts)})"

@@ -6,13 +6,43 @@ loops (``loops``, ``guided``, ``la``, ``cd``) only drive cached, batched model c
 holds one DecodingSpec per method (parameters, loop, needs, cost); ``api.decode`` dispatches through it and
 ``cd_train`` (prefix-scorer training, which samples with ``decode``) sits above it.
 """
+
 from alignlab.decoding.api import decode, prompt_text
 from alignlab.decoding.cd import PrefixScorer
 from alignlab.decoding.cd_train import train_prefix_scorer
 from alignlab.decoding.registry import DECODING, METHODS, DecodingSpec, make_params
-from alignlab.decoding.types import (ARGSParams, BestOfNParams, CDParams, Cost, DecodeOutput, GreedyParams, LAParams,
-                                     SampleParams, StepInfo, TQIndirectParams, TQParams)
+from alignlab.decoding.types import (
+    ARGSParams,
+    BestOfNParams,
+    CDParams,
+    Cost,
+    DecodeOutput,
+    GreedyParams,
+    LAParams,
+    SampleParams,
+    StepInfo,
+    TQIndirectParams,
+    TQParams,
+)
 
-__all__ = ["decode", "prompt_text", "PrefixScorer", "train_prefix_scorer", "DECODING", "METHODS", "DecodingSpec",
-           "make_params", "ARGSParams", "BestOfNParams", "CDParams", "Cost", "DecodeOutput", "GreedyParams",
-           "LAParams", "SampleParams", "StepInfo", "TQIndirectParams", "TQParams"]
+__all__ = [
+    "decode",
+    "prompt_text",
+    "PrefixScorer",
+    "train_prefix_scorer",
+    "DECODING",
+    "METHODS",
+    "DecodingSpec",
+    "make_params",
+    "ARGSParams",
+    "BestOfNParams",
+    "CDParams",
+    "Cost",
+    "DecodeOutput",
+    "GreedyParams",
+    "LAParams",
+    "SampleParams",
+    "StepInfo",
+    "TQIndirectParams",
+    "TQParams",
+]

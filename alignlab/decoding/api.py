@@ -6,20 +6,20 @@
 tokenizer's chat template, exactly like training and evaluation). Rewards are text-in (alignlab.rewards):
 responses are decoded without special tokens and each reward model tokenises them itself.
 """
+
 from __future__ import annotations
 
 import time
 
 import torch
 
-from alignlab.data.tokenize import PairTokenizer
+from alignlab.data.tokenize import PairTokenizer, stop_ids
 from alignlab.data.types import Text
 from alignlab.decoding.la import la_contexts
 from alignlab.decoding.lm import LM
 from alignlab.decoding.loops import Ctx, Prepared
 from alignlab.decoding.registry import get_spec
 from alignlab.decoding.types import Cost, DecodeOutput, LAParams, TQParams
-from alignlab.data.tokenize import stop_ids
 
 
 def prompt_text(prompt: Text) -> str:
@@ -50,26 +50,42 @@ def prepare_prompts(tokenizer, prompts: list[Text], params, model=None, extra_to
         else:
             ids_check = ids
         if len(ids_check) > params.max_prompt_length:
-            raise ValueError(f"prompt {i} has {len(ids_check)} tokens, more than max_prompt_length="
-                             f"{params.max_prompt_length}")
+            raise ValueError(
+                f"prompt {i} has {len(ids_check)} tokens, more than max_prompt_length={params.max_prompt_length}"
+            )
         need = len(ids_check) + params.max_new_tokens + extra_tokens
         if ctx_len is not None and need > ctx_len:
-            raise ValueError(f"prompt {i}: {len(ids_check)} prompt tokens + {params.max_new_tokens} new tokens"
-                             f"{f' + {extra_tokens} rollout tokens' if extra_tokens else ''} exceed the model's "
-                             f"context of {ctx_len} tokens")
+            raise ValueError(
+                f"prompt {i}: {len(ids_check)} prompt tokens + {params.max_new_tokens} new tokens"
+                f"{f' + {extra_tokens} rollout tokens' if extra_tokens else ''} exceed the model's "
+                f"context of {ctx_len} tokens"
+            )
         out.append(Prepared(i, p, text, ids))
     return out
 
 
 def _check_same_vocab(tok_a, tok_b) -> None:
     if tok_a is not None and tok_b is not None and tok_a.get_vocab() != tok_b.get_vocab():
-        raise ValueError("the rollout model must share the proposal model's tokenizer (token ids are passed "
-                         "between them); got tokenizers with different vocabularies")
+        raise ValueError(
+            "the rollout model must share the proposal model's tokenizer (token ids are passed "
+            "between them); got tokenizers with different vocabularies"
+        )
 
 
-def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward=None, *, rollout_model=None,
-           rollout_tokenizer=None, baseline_reward=None, scorer=None, score_outputs: bool = False,
-           **params) -> list[DecodeOutput]:
+def decode(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    method: str = "greedy",
+    reward=None,
+    *,
+    rollout_model=None,
+    rollout_tokenizer=None,
+    baseline_reward=None,
+    scorer=None,
+    score_outputs: bool = False,
+    **params,
+) -> list[DecodeOutput]:
     """Decode ``prompts`` with ``method``; returns one DecodeOutput per prompt, in input order.
 
     method: greedy | sample | best-of-n | args | cd | tq-direct | tq-indirect | linear
@@ -96,8 +112,9 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
         _check_same_vocab(tokenizer, rollout_tokenizer)
         rollout = policy if rollout_model is model else LM(rollout_model, pad_id)
     stops = (stop_ids(tokenizer) if p.stop_at_eos else []) + list(p.stop_ids)
-    ctx = Ctx(tokenizer, stops, p, method, reward=reward, baseline_reward=baseline_reward, rollout=rollout,
-              scorer=scorer)
+    ctx = Ctx(
+        tokenizer, stops, p, method, reward=reward, baseline_reward=baseline_reward, rollout=rollout, scorer=scorer
+    )
     models = [m for m in (model, rollout_model) if m is not None]
     was_training = [m.training for m in models]
     for m in models:
@@ -109,7 +126,7 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
     try:
         with torch.no_grad():
             for s in range(0, len(order), p.batch_size):
-                batch = [batch_all[i] for i in order[s:s + p.batch_size]]
+                batch = [batch_all[i] for i in order[s : s + p.batch_size]]
                 costs = [Cost() for _ in batch]
                 t0 = time.perf_counter()
                 outs = spec.run(policy, batch, ctx, costs)
@@ -124,9 +141,9 @@ def decode(model, tokenizer, prompts: list[Text], method: str = "greedy", reward
     if score_outputs and reward is not None:
         todo = [o for o in final if o.reward is None]
         if todo:
-            vals = reward([batch_all[o.prompt_index].text for o in todo], [o.text for o in todo],
-                          [o.finished for o in todo])
+            vals = reward(
+                [batch_all[o.prompt_index].text for o in todo], [o.text for o in todo], [o.finished for o in todo]
+            )
             for o, v in zip(todo, vals):
                 o.reward = float(v)
     return final
-

@@ -5,6 +5,7 @@ Prefix scorer V_θ([x, y^t]): a small head (linear or MLP) on the **frozen** pro
 state at the last token of the prefix, so scoring k candidates costs the forward the decoder does anyway.
 Training it needs decoding itself and lives above ``api`` in ``cd_train``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ class PrefixScorer(nn.Module):
         self.kind, self.hidden_size, self.mlp_hidden = kind, hidden_size, mlp_hidden
         self.register_buffer("mean", torch.zeros(hidden_size))
         self.register_buffer("std", torch.ones(hidden_size))
-        self.net = (nn.Linear(hidden_size, 1) if kind == "linear" else
-                    nn.Sequential(nn.Linear(hidden_size, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1)))
+        self.net = (
+            nn.Linear(hidden_size, 1)
+            if kind == "linear"
+            else nn.Sequential(nn.Linear(hidden_size, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, 1))
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = (h.float().to(self.mean.device) - self.mean) / self.std
@@ -43,8 +47,9 @@ class PrefixScorer(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path / "scorer.safetensors"))
-        (path / "scorer.json").write_text(json.dumps({"kind": self.kind, "hidden_size": self.hidden_size,
-                                                      "mlp_hidden": self.mlp_hidden}))
+        (path / "scorer.json").write_text(
+            json.dumps({"kind": self.kind, "hidden_size": self.hidden_size, "mlp_hidden": self.mlp_hidden})
+        )
         return path
 
     @classmethod
@@ -123,7 +128,16 @@ def run_blockwise(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) ->
             break
         st = lm.select(bst, pick)
         active = [active[i] for i in keep]
-    return [finish_output(b, out[i], fin[i], ctx, costs[i], kl=blocks[i] * bon_kl_bound(K),
-                          kl_kind="bound Σ_blocks (log K − (K−1)/K)",
-                          extra={"mode": "blockwise", "num_blocks": K, "block_size": p.block_size, "blocks": blocks[i]})
-            for i, b in enumerate(batch)]
+    return [
+        finish_output(
+            b,
+            out[i],
+            fin[i],
+            ctx,
+            costs[i],
+            kl=blocks[i] * bon_kl_bound(K),
+            kl_kind="bound Σ_blocks (log K − (K−1)/K)",
+            extra={"mode": "blockwise", "num_blocks": K, "block_size": p.block_size, "blocks": blocks[i]},
+        )
+        for i, b in enumerate(batch)
+    ]

@@ -8,6 +8,7 @@ deterministic and takes well under a second; the MLP head is fitted with Adam.
 This module sits above ``api`` (it samples with ``decode``); ``cd`` (the scorer and the decoders) is below
 it, so imports run one way: cd_train -> api -> registry -> cd.
 """
+
 from __future__ import annotations
 
 import random
@@ -21,22 +22,30 @@ from alignlab.decoding.cd import PrefixScorer
 from alignlab.decoding.lm import LM
 
 
-def prefix_features(lm: LM, prompt_ids: list[list[int]], completions: list[list[int]], batch_size: int = 8
-                    ) -> list[torch.Tensor]:
+def prefix_features(
+    lm: LM, prompt_ids: list[list[int]], completions: list[list[int]], batch_size: int = 8
+) -> list[torch.Tensor]:
     """Per sequence: hidden states [|y|, H] at each completion token (the state after reading y_t is the
     feature of the prefix y^{<=t}); one uncached forward per batch of full sequences."""
     feats = []
     for s in range(0, len(completions), batch_size):
-        rows = [p + c for p, c in zip(prompt_ids[s:s + batch_size], completions[s:s + batch_size])]
+        rows = [p + c for p, c in zip(prompt_ids[s : s + batch_size], completions[s : s + batch_size])]
         h, attn = lm.hidden_states(rows)
         T = h.shape[1]
-        for i, c in enumerate(completions[s:s + batch_size]):
-            feats.append(h[i, T - len(c):].cpu())  # left-padded: the completion is the last |c| positions
+        for i, c in enumerate(completions[s : s + batch_size]):
+            feats.append(h[i, T - len(c) :].cpu())  # left-padded: the completion is the last |c| positions
     return feats
 
 
-def fit_scorer(X: torch.Tensor, y: torch.Tensor, kind: str = "linear", l2: float = 0.1, steps: int = 300,
-               lr: float = 1e-3, seed: int = 0) -> PrefixScorer:
+def fit_scorer(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    kind: str = "linear",
+    l2: float = 0.1,
+    steps: int = 300,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> PrefixScorer:
     """Fit V_θ on features X [n, H] and targets y [n] (squared loss).
 
     l2: ridge strength per sample (λ = l2·n on standardised features), so it does not depend on how many
@@ -70,16 +79,39 @@ def fit_scorer(X: torch.Tensor, y: torch.Tensor, kind: str = "linear", l2: float
     return scorer.eval()
 
 
-def train_prefix_scorer(model, tokenizer, prompts: list, reward, samples_per_prompt: int = 4, max_new_tokens: int = 32,
-                        temperature: float = 1.0, kind: str = "linear", l2: float = 0.1, steps: int = 300,
-                        batch_size: int = 8, seed: int = 0, holdout: float = 0.2) -> tuple[PrefixScorer, dict]:
+def train_prefix_scorer(
+    model,
+    tokenizer,
+    prompts: list,
+    reward,
+    samples_per_prompt: int = 4,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    kind: str = "linear",
+    l2: float = 0.1,
+    steps: int = 300,
+    batch_size: int = 8,
+    seed: int = 0,
+    holdout: float = 0.2,
+) -> tuple[PrefixScorer, dict]:
     """CD-FUDGE: rollouts of the reference model (best-of-n machinery with return_all: one prefill per
     prompt, N samples, one reward call), features of every prefix, a fitted head. Returns the scorer and a
     report (sequences, prefixes, mean reward, train/held-out R² by sequence, seconds)."""
     t0 = time.perf_counter()
-    outs = decode(model, tokenizer, prompts, method="best-of-n", reward=reward, n=samples_per_prompt,
-                  temperature=temperature, max_new_tokens=max_new_tokens, return_all=True, seed=seed,
-                  batch_size=batch_size, diagnostics=False)
+    outs = decode(
+        model,
+        tokenizer,
+        prompts,
+        method="best-of-n",
+        reward=reward,
+        n=samples_per_prompt,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        return_all=True,
+        seed=seed,
+        batch_size=batch_size,
+        diagnostics=False,
+    )
     seqs = [(o.prompt_ids, s["completion_ids"], s["reward"]) for o in outs for s in o.extra["samples"]]
     seqs = [s for s in seqs if s[1]]
     lm = LM(model, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -104,7 +136,13 @@ def train_prefix_scorer(model, tokenizer, prompts: list, reward, samples_per_pro
             pred = scorer(X)
         return float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-12))
 
-    report = {"sequences": len(seqs), "prefixes": int(sum(len(f) for f in feats)), "kind": kind,
-              "mean_reward": sum(s[2] for s in seqs) / max(len(seqs), 1), "r2_train": r2(Xtr, ytr),
-              "r2_heldout": r2(*stack(val)), "seconds": time.perf_counter() - t0}
+    report = {
+        "sequences": len(seqs),
+        "prefixes": int(sum(len(f) for f in feats)),
+        "kind": kind,
+        "mean_reward": sum(s[2] for s in seqs) / max(len(seqs), 1),
+        "r2_train": r2(Xtr, ytr),
+        "r2_heldout": r2(*stack(val)),
+        "seconds": time.perf_counter() - t0,
+    }
     return scorer, report

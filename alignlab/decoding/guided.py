@@ -13,20 +13,39 @@ forward per rollout token; one reward call scores every rollout of the step. Whe
 the proposal model itself (or for CD), the chosen candidate's forked row *is* the next policy state, so the
 policy step costs nothing extra.
 """
+
 from __future__ import annotations
 
 import torch
 
 from alignlab.decoding.lm import LM, LMState
 from alignlab.decoding.loops import Ctx, Prepared, advance, charge, finish_output, make_generator, prefill
-from alignlab.decoding.scores import (direct_q, draw, filter_logits, guided_scores, indirect_q, select, step_kl,
-                                      topk_candidates)
+from alignlab.decoding.scores import (
+    direct_q,
+    draw,
+    filter_logits,
+    guided_scores,
+    indirect_q,
+    select,
+    step_kl,
+    topk_candidates,
+)
 from alignlab.decoding.types import CDParams, Cost, DecodeOutput, GuidedParams, StepInfo, TQIndirectParams, TQParams
 
 
-def run_rollouts(lm: LM, cst: LMState, cand_done: torch.Tensor, owners: list[int], M: int, H: int,
-                 temperature: float, top_p: float, ctx: Ctx, costs: list[Cost],
-                 gens: list[torch.Generator] | None) -> tuple[list[list[int]], list[bool]]:
+def run_rollouts(
+    lm: LM,
+    cst: LMState,
+    cand_done: torch.Tensor,
+    owners: list[int],
+    M: int,
+    H: int,
+    temperature: float,
+    top_p: float,
+    ctx: Ctx,
+    costs: list[Cost],
+    gens: list[torch.Generator] | None,
+) -> tuple[list[list[int]], list[bool]]:
     """Continue every candidate row of ``cst`` (already fed its candidate) with M rollouts of <= H tokens.
 
     Rows are candidate-major, rollout-minor: row f = c·M + m. A candidate that is itself a stop id gets
@@ -77,16 +96,21 @@ def run_guided(policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -
     if indirect and ctx.baseline_reward is None:
         raise ValueError("tq-indirect needs baseline_reward (the reward the rollout model was aligned to)")
     if H > 0 and rollout is None:
-        raise ValueError(f"{method} needs a rollout model (the aligned baseline; pass the proposal model itself "
-                         "for the training-free CD baseline)")
+        raise ValueError(
+            f"{method} needs a rollout model (the aligned baseline; pass the proposal model itself "
+            "for the training-free CD baseline)"
+        )
     shared = H > 0 and rollout.model is policy.model  # rollouts from π_ref: one cache serves both roles
     st = prefill(policy, batch, costs)
     ro = None
     if H > 0:
         ro = st if shared else prefill(rollout, batch, costs)
     sel_gens = [make_generator(p.seed, b.index, 0) for b in batch] if not p.greedy else None
-    ro_gens = ([[make_generator(p.seed, b.index, 1 + f) for f in range(k * M)] for b in batch]
-               if H > 0 and isinstance(p, TQParams) and p.rollout_temperature > 0 else None)
+    ro_gens = (
+        [[make_generator(p.seed, b.index, 1 + f) for f in range(k * M)] for b in batch]
+        if H > 0 and isinstance(p, TQParams) and p.rollout_temperature > 0
+        else None
+    )
     out: list[list[int]] = [[] for _ in range(A)]
     fin = [False] * A
     steps: list[list[StepInfo]] = [[] for _ in range(A)]
@@ -111,9 +135,19 @@ def run_guided(policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -
                 cst = rollout.step(rollout.fork(ro, k), flat)
                 charge(costs, cand_owner)
                 gens = [ro_gens[o][f] for o in active for f in range(k * M)] if ro_gens is not None else None
-                rtoks, rfin = run_rollouts(rollout, cst, cand_done, cand_owner, M, H,
-                                           getattr(p, "rollout_temperature", 0.0), getattr(p, "rollout_top_p", 1.0),
-                                           ctx, costs, gens)
+                rtoks, rfin = run_rollouts(
+                    rollout,
+                    cst,
+                    cand_done,
+                    cand_owner,
+                    M,
+                    H,
+                    getattr(p, "rollout_temperature", 0.0),
+                    getattr(p, "rollout_top_p", 1.0),
+                    ctx,
+                    costs,
+                    gens,
+                )
                 if shared:
                     child = cst
             else:
@@ -141,13 +175,21 @@ def run_guided(policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -
             fin[o] = bool(stop[i])
             kl_sum[o] += float(kls[i])
             if p.diagnostics:
-                steps[o].append(StepInfo(cand_ids[i].tolist(), cand_logp[i].tolist(), q[i].tolist(),
-                                         scores[i].tolist(), int(j[i]), float(kls[i]),
-                                         ess[i].tolist() if ess is not None else None))
+                steps[o].append(
+                    StepInfo(
+                        cand_ids[i].tolist(),
+                        cand_logp[i].tolist(),
+                        q[i].tolist(),
+                        scores[i].tolist(),
+                        int(j[i]),
+                        float(kls[i]),
+                        ess[i].tolist() if ess is not None else None,
+                    )
+                )
         keep = (~stop).nonzero().view(-1)
         if t == p.max_new_tokens - 1 or keep.numel() == 0:
             break
-        pick = (keep * k + j[keep])  # row of the chosen candidate in the forked states
+        pick = keep * k + j[keep]  # row of the chosen candidate in the forked states
         active = [active[i] for i in keep.tolist()]
         if child is not None:
             st = policy.select(child, pick)  # the chosen candidate was already fed: no extra policy step
@@ -163,8 +205,17 @@ def run_guided(policy: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -
             extra.update(horizon=H, rollouts=M)
         if use_scorer:
             extra["mode"] = "tokenwise"
-        outs.append(finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl_sum[i],
-                            kl_kind="Σ_t KL(π_alg‖top-k π_ref)", steps=steps[i] if p.diagnostics else None,
-                            extra=extra))
+        outs.append(
+            finish_output(
+                b,
+                out[i],
+                fin[i],
+                ctx,
+                costs[i],
+                kl=kl_sum[i],
+                kl_kind="Σ_t KL(π_alg‖top-k π_ref)",
+                steps=steps[i] if p.diagnostics else None,
+                extra=extra,
+            )
+        )
     return outs
-

@@ -7,6 +7,7 @@ the principle's tokens (no BPE merge across the insertion point can change a nei
 Batched mode stacks the 2B rows into one forward per step (explicit positions and masks per row, each row
 its own cache slice); ``batched=False`` runs two forwards (for the cost comparison and the equivalence test).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ import torch
 
 from alignlab.data.tokenize import PairTokenizer, as_messages
 from alignlab.data.types import Text
-from alignlab.decoding.lm import LM
 from alignlab.decoding.linear import la_step
+from alignlab.decoding.lm import LM
 from alignlab.decoding.loops import Ctx, Prepared, charge, finish_output, make_generator, prefill
 from alignlab.decoding.types import Cost, DecodeOutput, LAParams
 
@@ -46,7 +47,7 @@ def la_contexts(tokenizer, prompt: Text, principle: str, system_prompt: str | No
     if not pt.use_chat_template:
         plain = pt.prompt_ids(prompt)
         head = enc(principle.strip() + "\n\n")
-        return LAContexts(plain, bos + head + plain[len(bos):], True)
+        return LAContexts(plain, bos + head + plain[len(bos) :], True)
     if msgs and msgs[0].get("role") == "system":
         base, rest = msgs[0]["content"], msgs[1:]
     elif system_prompt is not None:
@@ -61,7 +62,7 @@ def la_contexts(tokenizer, prompt: Text, principle: str, system_prompt: str | No
         # Recover the template's default system prompt: the plain rendering minus the marked one's frame.
         plain_txt = _render(tokenizer, rest)
         if plain_txt.startswith(pre) and plain_txt.endswith(post) and len(plain_txt) >= len(pre) + len(post):
-            base = plain_txt[len(pre):len(plain_txt) - len(post)]
+            base = plain_txt[len(pre) : len(plain_txt) - len(post)]
         else:  # the template has no default system turn: the plain context has none either
             plain = bos + enc(plain_txt)
             return LAContexts(plain, bos + enc(pre + principle + post), False)
@@ -83,7 +84,10 @@ def run_la(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[D
         st = prefill(lm, batch, costs, [c.plain for c in cx] + [c.principle for c in cx], list(range(A)) * 2)
         states = [st]
     else:
-        states = [prefill(lm, batch, costs, [c.plain for c in cx]), prefill(lm, batch, costs, [c.principle for c in cx])]
+        states = [
+            prefill(lm, batch, costs, [c.plain for c in cx]),
+            prefill(lm, batch, costs, [c.principle for c in cx]),
+        ]
     gens = [make_generator(p.seed, b.index, 0) for b in batch] if not p.greedy else None
     out: list[list[int]] = [[] for _ in range(A)]
     fin = [False] * A
@@ -117,8 +121,22 @@ def run_la(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[D
             states = [lm.step(s, tok) for s in states]
             charge(costs, active, policy_steps=1)
             charge(costs, active, policy_steps=1)
-    return [finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl[i], kl_kind="Σ_t KL(q_LA‖π_0 at T)",
-                          extra={"ratio": p.ratio, "temperature": p.temperature, "top_p": p.top_p,
-                                 "principle_tokens": len(cx[i].principle) - len(cx[i].plain),
-                                 "split_tokenized": cx[i].split_tokenized})
-            for i, b in enumerate(batch)]
+    return [
+        finish_output(
+            b,
+            out[i],
+            fin[i],
+            ctx,
+            costs[i],
+            kl=kl[i],
+            kl_kind="Σ_t KL(q_LA‖π_0 at T)",
+            extra={
+                "ratio": p.ratio,
+                "temperature": p.temperature,
+                "top_p": p.top_p,
+                "principle_tokens": len(cx[i].principle) - len(cx[i].plain),
+                "split_tokenized": cx[i].split_tokenized,
+            },
+        )
+        for i, b in enumerate(batch)
+    ]

@@ -3,6 +3,7 @@
 z_0: next-token logits of the context without the principle; z_p: with the principle in the system prompt.
 Both [B, V]; everything is upcast to fp32 before combining (a bf16 difference of large logits loses bits).
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ def la_logits(z0: torch.Tensor, zp: torch.Tensor, ratio: float) -> torch.Tensor:
     return zp + ratio * (zp - z0)
 
 
-def la_masked_logits(z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float, top_p: float) -> torch.Tensor:
+def la_masked_logits(
+    z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float, top_p: float
+) -> torch.Tensor:
     """z_LA / T with every token outside the nucleus of softmax(z_p / T) set to −inf.
 
     The nucleus comes from the principle-conditioned distribution *before* the update (Linear_Alignment
@@ -30,20 +33,35 @@ def la_masked_logits(z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperatu
     return (la_logits(z0, zp, ratio) / temperature).masked_fill(~keep, NEG_INF)
 
 
-def la_distribution(z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float = 1.0,
-                    top_p: float = 1.0) -> torch.Tensor:
+def la_distribution(
+    z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float = 1.0, top_p: float = 1.0
+) -> torch.Tensor:
     """The LA sampling distribution (masked, renormalised), fp32 [B, V]."""
     return torch.softmax(la_masked_logits(z0, zp, ratio, temperature, top_p), dim=-1)
 
 
-def la_select(z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float, top_p: float, greedy: bool,
-              generators: list[torch.Generator] | None = None) -> torch.Tensor:
+def la_select(
+    z0: torch.Tensor,
+    zp: torch.Tensor,
+    ratio: float,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
     """Chosen token id per row: argmax of the masked logits, or a draw from their softmax."""
     return la_step(z0, zp, ratio, temperature, top_p, greedy, generators)[0]
 
 
-def la_step(z0: torch.Tensor, zp: torch.Tensor, ratio: float, temperature: float, top_p: float, greedy: bool,
-            generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def la_step(
+    z0: torch.Tensor,
+    zp: torch.Tensor,
+    ratio: float,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    generators: list[torch.Generator] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen ids [B], KL(q_LA ‖ softmax(z_0/T)) [B]) from one computation of the masked logits."""
     z = la_masked_logits(z0, zp, ratio, temperature, top_p)
     if greedy:

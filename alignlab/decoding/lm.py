@@ -7,6 +7,7 @@ Prefix KV caches are never recomputed: ``fork`` repeats a state's cache for k ca
 of the cache whose layer objects are new, so the source state stays valid: HF's dynamic layers replace
 their key/value tensors on update (torch.cat) rather than writing into them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,7 @@ class GrowLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n, q = self.get_seq_length(), key_states.shape[-2]
         buf = self._buf
-        if (buf is None or buf.frontier != n or n + q > buf.keys.shape[-2]
-                or buf.keys.shape[0] != key_states.shape[0]):
+        if buf is None or buf.frontier != n or n + q > buf.keys.shape[-2] or buf.keys.shape[0] != key_states.shape[0]:
             R, h, _, d = key_states.shape
             cap = n + q + max(self.reserve, (n + q) // 4)
             kb = key_states.new_empty((R, h, cap, d))
@@ -78,10 +78,10 @@ class GrowLayer(DynamicLayer):
                 kb[..., :n, :] = self.keys
                 vb[..., :n, :] = self.values
             buf = self._buf = _Buffer(kb, vb, n)
-        buf.keys[..., n:n + q, :] = key_states
-        buf.values[..., n:n + q, :] = value_states
+        buf.keys[..., n : n + q, :] = key_states
+        buf.values[..., n : n + q, :] = value_states
         buf.frontier = n + q
-        self.keys, self.values = buf.keys[..., :n + q, :], buf.values[..., :n + q, :]
+        self.keys, self.values = buf.keys[..., : n + q, :], buf.values[..., : n + q, :]
         return self.keys, self.values
 
     def batch_repeat_interleave(self, repeats: int) -> None:
@@ -138,20 +138,30 @@ class LM:
         return head(h)
 
     @torch.no_grad()
-    def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache: DynamicCache,
-                 want_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(
+        self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, want_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.calls += 1
         ids, attn, pos = ids.to(self.device), attn.to(self.device), pos.to(self.device)
         if self.fast:
             # The vocabulary projection runs on the last position only (prefill never pays for it).
-            h = self.decoder(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                             use_cache=True).last_hidden_state[:, -1]
+            h = self.decoder(
+                input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+            ).last_hidden_state[:, -1]
             return self._project(h).float(), (h.float() if want_hidden else None)
         if want_hidden:
-            raise ValueError(f"{type(self.model).__name__} post-processes its logits; hidden states for a prefix "
-                             "scorer need a plain decoder + LM head")
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+            raise ValueError(
+                f"{type(self.model).__name__} post-processes its logits; hidden states for a prefix "
+                "scorer need a plain decoder + LM head"
+            )
+        out = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1].float(), None
 
     def prefill(self, rows: list[list[int]], want_hidden: bool = False) -> LMState:
@@ -189,6 +199,10 @@ class LM:
             raise ValueError("prefix scorers need a model with a plain decoder + LM head")
         ids, attn = left_pad(rows, self.pad_id)
         self.calls += 1
-        h = self.decoder(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
-                         position_ids=position_ids_from_mask(attn).to(self.device), use_cache=False).last_hidden_state
+        h = self.decoder(
+            input_ids=ids.to(self.device),
+            attention_mask=attn.to(self.device),
+            position_ids=position_ids_from_mask(attn).to(self.device),
+            use_cache=False,
+        ).last_hidden_state
         return h.float(), attn

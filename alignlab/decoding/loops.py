@@ -4,6 +4,7 @@ A batch holds the prompts decoded together; each prompt owns one or more rows (b
 candidates, rollouts). Rows that hit a stop id are dropped from the cached state at once (``LM.select``),
 so finished rows are never extended and never cost another forward pass (docs/conventions.md R11).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,14 @@ def charge(costs: list[Cost], owners: list[int], tokens_per_row: int = 1, **coun
             setattr(costs[o], name, getattr(costs[o], name) + v)
 
 
-def prefill(lm: LM, batch: list[Prepared], costs: list[Cost], rows: list[list[int]] | None = None,
-            owners: list[int] | None = None, want_hidden: bool = False) -> LMState:
+def prefill(
+    lm: LM,
+    batch: list[Prepared],
+    costs: list[Cost],
+    rows: list[list[int]] | None = None,
+    owners: list[int] | None = None,
+    want_hidden: bool = False,
+) -> LMState:
     rows = rows if rows is not None else [p.ids for p in batch]
     owners = owners if owners is not None else list(range(len(batch)))
     for o in set(owners):
@@ -100,8 +107,16 @@ def greedy_choice(logits: torch.Tensor, gens) -> torch.Tensor:
     return logits.argmax(-1)
 
 
-def plain_loop(lm: LM, st: LMState, choose: Callable, ctx: Ctx, owners: list[int], costs: list[Cost],
-               gens: list[torch.Generator] | None, max_new: int) -> tuple[list[list[int]], list[bool]]:
+def plain_loop(
+    lm: LM,
+    st: LMState,
+    choose: Callable,
+    ctx: Ctx,
+    owners: list[int],
+    costs: list[Cost],
+    gens: list[torch.Generator] | None,
+    max_new: int,
+) -> tuple[list[list[int]], list[bool]]:
     """Decode every row until a stop id or ``max_new`` tokens; returns (tokens per row, finished per row)."""
     R = st.rows
     out: list[list[int]] = [[] for _ in range(R)]
@@ -151,8 +166,10 @@ def run_plain(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> lis
     for c in costs:
         c.generations += 1
     out, fin = plain_loop(lm, st, choose, ctx, list(range(len(batch))), costs, gens, p.max_new_tokens)
-    return [finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl, kl_kind="exact (π_ref)" if kl is not None else "")
-            for i, b in enumerate(batch)]
+    return [
+        finish_output(b, out[i], fin[i], ctx, costs[i], kl=kl, kl_kind="exact (π_ref)" if kl is not None else "")
+        for i, b in enumerate(batch)
+    ]
 
 
 def run_bon(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[DecodeOutput]:
@@ -171,14 +188,32 @@ def run_bon(lm: LM, batch: list[Prepared], ctx: Ctx, costs: list[Cost]) -> list[
     r = [float(x) for x in ctx.reward([batch[o].text for o in owners], texts, fin)]
     results = []
     for i, b in enumerate(batch):
-        rs = r[i * N:(i + 1) * N]
+        rs = r[i * N : (i + 1) * N]
         j = max(range(N), key=lambda m: (rs[m], -m))  # highest reward, lowest index on ties
         costs[i].reward_calls += N
         costs[i].generations += N
         extra = {"n": N, "chosen_sample": j, "kl_bound": bon_kl_bound(N)}
         if p.return_all:
-            extra["samples"] = [{"text": texts[i * N + m], "reward": rs[m], "finished": fin[i * N + m],
-                                 "completion_ids": out[i * N + m]} for m in range(N)]
-        results.append(finish_output(b, out[i * N + j], fin[i * N + j], ctx, costs[i], reward=rs[j],
-                                     kl=bon_kl_bound(N), kl_kind="bound log N − (N−1)/N", extra=extra))
+            extra["samples"] = [
+                {
+                    "text": texts[i * N + m],
+                    "reward": rs[m],
+                    "finished": fin[i * N + m],
+                    "completion_ids": out[i * N + m],
+                }
+                for m in range(N)
+            ]
+        results.append(
+            finish_output(
+                b,
+                out[i * N + j],
+                fin[i * N + j],
+                ctx,
+                costs[i],
+                reward=rs[j],
+                kl=bon_kl_bound(N),
+                kl_kind="bound log N − (N−1)/N",
+                extra=extra,
+            )
+        )
     return results

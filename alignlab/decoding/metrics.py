@@ -6,6 +6,7 @@
   gold reward's encoder) instead of SimCSE (princeton-nlp/sup-simcse-bert-base-uncased is not shipped).
   Absolute values are therefore not comparable with the papers' tables; rankings usually are.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ def word_tokens(text: str) -> list[str]:
 
 def rep_n(tokens: list[str], n: int) -> float:
     """100·(1 − |unique n-grams| / (|n-grams| + 1)), Transfer-Q metrics.py (the +1 is theirs)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return 100.0 * (1.0 - len(set(grams)) / (len(grams) + 1))
 
 

@@ -3,6 +3,7 @@
 Everything is computed in fp32 (D0 "fp32 score arithmetic"). Shapes: ``[..., k]`` = candidates of one
 state in top-k order (most likely first); ``[..., M]`` = rollouts of one candidate.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ def draw(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tenso
     return idx.clamp_max(logits.shape[-1] - 1)
 
 
-def select(scores: torch.Tensor, greedy: bool, temperature: float = 1.0,
-           generators: list[torch.Generator] | None = None) -> torch.Tensor:
+def select(
+    scores: torch.Tensor, greedy: bool, temperature: float = 1.0, generators: list[torch.Generator] | None = None
+) -> torch.Tensor:
     """Index of the chosen candidate per row: argmax (first on ties) or a draw from softmax(score/T)."""
     if greedy:
         return scores.argmax(dim=-1)
@@ -158,7 +160,7 @@ def bon_exact_kl(probs: list[float], rewards: list[float], n: int) -> float:
     for r in sorted(groups):
         p = groups[r]
         c = c_prev + p
-        q = c ** n - c_prev ** n
+        q = c**n - c_prev**n
         if q > 0:
             kl += q * math.log(q / p)
         c_prev = c

@@ -6,6 +6,7 @@ registry, alignlab.decoding.registry); ``decode(**params)`` rejects keys that do
 method, so a typo or a key of another method never falls back silently (R11).
 Guidance strength is the weight ``w = 1/α`` of the spec: score(z) = log π_ref(z|s) + w·Q̂(z).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,7 +102,9 @@ class TQParams(GuidedParams):
         if self.horizon < 0 or self.rollouts < 1:
             raise ValueError(f"need horizon >= 0 and rollouts >= 1, got {self.horizon}, {self.rollouts}")
         if self.rollouts > 1 and self.rollout_temperature <= 0 and self.horizon > 0:
-            raise ValueError("rollouts > 1 with greedy rollouts gives M identical rollouts; set rollout_temperature > 0")
+            raise ValueError(
+                "rollouts > 1 with greedy rollouts gives M identical rollouts; set rollout_temperature > 0"
+            )
 
 
 @dataclass
@@ -138,8 +141,10 @@ class CDParams(GuidedParams):
             raise ValueError("need block_size >= 1, num_blocks >= 1 and block_temperature > 0")
 
 
-DEFAULT_PRINCIPLE = ("Please give a helpful, honest and harmless answer: address the request directly in a few "
-                     "complete sentences and avoid repetition.")
+DEFAULT_PRINCIPLE = (
+    "Please give a helpful, honest and harmless answer: address the request directly in a few "
+    "complete sentences and avoid repetition."
+)
 
 
 @dataclass
@@ -226,8 +231,17 @@ class DecodeOutput:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        d = {"prompt_index": self.prompt_index, "method": self.method, "text": self.text, "finished": self.finished,
-             "completion_ids": self.completion_ids, "reward": self.reward, "kl": self.kl, "kl_kind": self.kl_kind,
-             "cost": dataclasses.asdict(self.cost), "cost_per_token": self.cost.per_token()}
+        d = {
+            "prompt_index": self.prompt_index,
+            "method": self.method,
+            "text": self.text,
+            "finished": self.finished,
+            "completion_ids": self.completion_ids,
+            "reward": self.reward,
+            "kl": self.kl,
+            "kl_kind": self.kl_kind,
+            "cost": dataclasses.asdict(self.cost),
+            "cost_per_token": self.cost.per_token(),
+        }
         d.update({k: v for k, v in self.extra.items() if k not in d})
         return d

@@ -8,6 +8,7 @@ NLTK), coherence (MiniLM cosine instead of SimCSE), the method's KL figure and i
 generated token (wall ms, LM token-forwards, reward calls). Expensive methods (cd, tq-*) run on the first
 ``subset`` prompts; their row says so and is compared with greedy on that same subset.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,10 @@ from alignlab.eval.harness import MethodResult, result_from_generations, summari
 
 # A principle for Linear Alignment written for the embedded task (docs/gold_reward.md says what the gold
 # reward values): a direct, relevant answer of a few complete sentences, no repetition, no disclaimers.
-TASK_PRINCIPLE = ("Answer the request directly and helpfully in two to four complete sentences, stay on topic, "
-                  "do not repeat yourself, and do not add disclaimers.")
+TASK_PRINCIPLE = (
+    "Answer the request directly and helpfully in two to four complete sentences, stay on topic, "
+    "do not repeat yourself, and do not add disclaimers."
+)
 
 ALL_METHODS = METHODS  # every decoding method, in the registry's order
 
@@ -72,19 +75,39 @@ def merged_copy(peft_policy):
     return copy.deepcopy(peft_policy).merge_and_unload().eval()
 
 
-def _result(name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None) -> MethodResult:
+def _result(
+    name: str, outs: list[DecodeOutput], gold, prompts: list[str], kl_default: float | None = None
+) -> MethodResult:
     kl = [o.kl if o.kl is not None else kl_default for o in outs]
     return result_from_generations(name, outs, gold, prompts, None if any(v is None for v in kl) else kl)
 
 
 def _subset(res: MethodResult, n: int) -> MethodResult:
-    return MethodResult(res.name, res.gold[:n], res.lengths[:n], res.finished[:n], res.texts[:n],
-                        res.kl[:n] if res.kl is not None else None)
+    return MethodResult(
+        res.name,
+        res.gold[:n],
+        res.lengths[:n],
+        res.finished[:n],
+        res.texts[:n],
+        res.kl[:n] if res.kl is not None else None,
+    )
 
 
-def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None, *, methods=None,
-                  max_new_tokens: int | None = None, seed: int | None = None, rollout_model=None, guide_reward=None,
-                  baseline_reward=None, settings: DecodingEvalSettings | None = None, embedder=None) -> DecodingRows:
+def decoding_rows(
+    model,
+    tokenizer,
+    prompts: list[str] | None = None,
+    gold=None,
+    *,
+    methods=None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+    rollout_model=None,
+    guide_reward=None,
+    baseline_reward=None,
+    settings: DecodingEvalSettings | None = None,
+    embedder=None,
+) -> DecodingRows:
     """Run every method of ``methods`` (default: all) and build one harness row each (see module docstring).
 
     prompts: the eval prompt texts (default: the embedded task's first ``settings.prompts`` eval prompts); the
@@ -103,8 +126,11 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
     from alignlab.task.prompts import balanced, load_task_prompts
 
     s = settings or DecodingEvalSettings()
-    over = {k: v for k, v in dict(methods=tuple(methods) if methods else None, max_new_tokens=max_new_tokens,
-                                  seed=seed).items() if v is not None}
+    over = {
+        k: v
+        for k, v in dict(methods=tuple(methods) if methods else None, max_new_tokens=max_new_tokens, seed=seed).items()
+        if v is not None
+    }
     s = dataclasses.replace(s, **over)
     unknown = sorted(set(s.methods) - set(ALL_METHODS))
     if unknown:
@@ -116,7 +142,7 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         baseline_reward = GoldReward(embedder=gold.embedder if hasattr(gold, "embedder") else None, w_length=0.0)
     if prompts is None:
         prompts = [p.instruction for p in balanced(load_task_prompts("test"), s.prompts)]
-    sub = prompts[:s.subset]
+    sub = prompts[: s.subset]
     common = dict(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed)
     ro = rollout_model if rollout_model is not None else model
     ro_name = "aligned" if rollout_model is not None else "π_ref"
@@ -126,11 +152,18 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         "best-of-n": (f"best-of-{s.n}", prompts, dict(n=s.n), dict(reward=guide)),
         "args": (f"args k={s.k}", prompts, dict(k=s.k, w=s.w), dict(reward=guide)),
         "cd": (f"cd k={s.k}", sub, dict(k=s.k, w=s.w), {}),
-        "tq-direct": (f"tq-direct k={s.k} H={s.horizon} (rollouts: {ro_name})", sub,
-                      dict(k=s.k, w=s.w, horizon=s.horizon), dict(reward=guide, rollout_model=ro)),
-        "tq-indirect": (f"tq-indirect k={s.k} H={s.indirect_horizon} M={s.indirect_rollouts}", sub,
-                        dict(k=s.k, w=s.w, horizon=s.indirect_horizon, rollouts=s.indirect_rollouts, beta=s.indirect_beta),
-                        dict(reward=guide, rollout_model=ro, baseline_reward=baseline_reward)),
+        "tq-direct": (
+            f"tq-direct k={s.k} H={s.horizon} (rollouts: {ro_name})",
+            sub,
+            dict(k=s.k, w=s.w, horizon=s.horizon),
+            dict(reward=guide, rollout_model=ro),
+        ),
+        "tq-indirect": (
+            f"tq-indirect k={s.k} H={s.indirect_horizon} M={s.indirect_rollouts}",
+            sub,
+            dict(k=s.k, w=s.w, horizon=s.indirect_horizon, rollouts=s.indirect_rollouts, beta=s.indirect_beta),
+            dict(reward=guide, rollout_model=ro, baseline_reward=baseline_reward),
+        ),
         "linear": (f"linear ratio={s.la_ratio:g}", prompts, dict(ratio=s.la_ratio, principle=s.principle), {}),
     }
     rows, results, timings, outputs = [], [], {}, {}
@@ -141,13 +174,22 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         name, ps, params, kw = plan[method]
         t0 = time.perf_counter()
         if method == "cd":
-            scorer, rep = train_prefix_scorer(model, tokenizer, [p.instruction for p in load_task_prompts("train")]
-                                              [:s.cd_train_prompts], guide, samples_per_prompt=s.cd_samples,
-                                              max_new_tokens=s.max_new_tokens, seed=s.seed, batch_size=s.batch_size)
+            scorer, rep = train_prefix_scorer(
+                model,
+                tokenizer,
+                [p.instruction for p in load_task_prompts("train")][: s.cd_train_prompts],
+                guide,
+                samples_per_prompt=s.cd_samples,
+                max_new_tokens=s.max_new_tokens,
+                seed=s.seed,
+                batch_size=s.batch_size,
+            )
             timings["cd_train"] = time.perf_counter() - t0
-            notes.append(f"cd: linear prefix scorer (ridge on the frozen model's final hidden states) fitted on "
-                         f"{rep['sequences']} sampled responses / {rep['prefixes']} prefixes of {s.cd_train_prompts} "
-                         f"train prompts in {rep['seconds']:.0f} s; held-out R² {rep['r2_heldout']:.2f}")
+            notes.append(
+                f"cd: linear prefix scorer (ridge on the frozen model's final hidden states) fitted on "
+                f"{rep['sequences']} sampled responses / {rep['prefixes']} prefixes of {s.cd_train_prompts} "
+                f"train prompts in {rep['seconds']:.0f} s; held-out R² {rep['r2_heldout']:.2f}"
+            )
             kw = dict(scorer=scorer)
             t0 = time.perf_counter()  # the row's time is decoding only; training is reported separately
         outs = decode(model, tokenizer, ps, method, **kw, **params, **common)
@@ -159,16 +201,18 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         base = base_full if len(ps) == len(prompts) else _subset(base_full, len(ps))
         row = summarize(res, base, len(ps))
         toks = max(sum(o.cost.new_tokens for o in outs), 1)
-        row.update({
-            "kl_kind": outs[0].kl_kind or ("reference decoder" if method == "greedy" else "-"),
-            "diversity": diversity(res.texts),
-            "coherence": coherence(ps, res.texts, embedder),
-            "ms_per_token": 1000 * sum(o.cost.wall_s for o in outs) / toks,
-            "lm_tokens_per_token": sum(o.cost.lm_tokens for o in outs) / toks,
-            "reward_calls_per_token": sum(o.cost.reward_calls for o in outs) / toks,
-            "seconds": timings[method],
-            "prompts_note": "all" if len(ps) == len(prompts) else f"first {len(ps)} of {len(prompts)} (expensive)",
-        })
+        row.update(
+            {
+                "kl_kind": outs[0].kl_kind or ("reference decoder" if method == "greedy" else "-"),
+                "diversity": diversity(res.texts),
+                "coherence": coherence(ps, res.texts, embedder),
+                "ms_per_token": 1000 * sum(o.cost.wall_s for o in outs) / toks,
+                "lm_tokens_per_token": sum(o.cost.lm_tokens for o in outs) / toks,
+                "reward_calls_per_token": sum(o.cost.reward_calls for o in outs) / toks,
+                "seconds": timings[method],
+                "prompts_note": "all" if len(ps) == len(prompts) else f"first {len(ps)} of {len(prompts)} (expensive)",
+            }
+        )
         # "kl" keeps the harness meaning (KL of the output distribution to π_ref, nats per response): only
         # best-of-n (its bound) and sampling π_ref (0) have one. Greedy-selected methods output one fixed
         # response; their figure describes the decoding distribution along that path -> "kl_decoding".
@@ -183,10 +227,18 @@ def decoding_rows(model, tokenizer, prompts: list[str] | None = None, gold=None,
         f"decoding rows: {len(prompts)} eval prompts (expensive methods: first {len(sub)}), {s.max_new_tokens} new "
         f"tokens, seed {s.seed}; win rate / Δgold are against greedy decoding on the same prompts",
         "the guiding reward is the gold reward that also judges the rows (best-of-n, args, tq-*, cd): optimistic -- a "
-        "held-out judge would show less gain" if guide is gold else "guiding reward differs from the gold judge",
-        f"tq-*: rollouts from {'the given aligned model' if rollout_model is not None else 'π_ref itself (training-free CD baseline, docs/conventions.md D3)'}; "
+        "held-out judge would show less gain"
+        if guide is gold
+        else "guiding reward differs from the gold judge",
+        "tq-*: rollouts from "
+        + ("the given aligned model" if rollout_model is not None else "π_ref itself (training-free CD baseline, D3)")
+        + "; "
         f"tq-indirect: r_BL = {getattr(baseline_reward, 'name', 'baseline reward')} "
-        f"{'(gold without the length term, a stand-in)' if getattr(baseline_reward, 'weights', {}).get('length') == 0.0 else ''}",
+        + (
+            "(gold without the length term, a stand-in)"
+            if getattr(baseline_reward, "weights", {}).get("length") == 0.0
+            else ""
+        ),
         "kl column: best-of-n = analytic bound log N − (N−1)/N, sample = 0 (π_ref itself); empty for greedy-selected "
         "methods, whose kl_decoding field is Σ_t KL(π_alg‖top-k π_ref) of the decoding distribution along the chosen "
         "path (args/cd/tq) or Σ_t KL(q_LA‖π_0 at T) (linear) -- not comparable to a trained policy's KL",

@@ -8,6 +8,7 @@ at the sampling temperature (the exact log-probs of the distributions sampled, d
 unbiased estimate of KL between the tempered policies. Only methods whose samples come from a policy with
 computable log-probs report it; the others report None.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ class MethodResult:
 
     def per_prompt(self, values: list[float], n_prompts: int) -> list[float]:
         k = len(values) // n_prompts
-        return [sum(values[i * k:(i + 1) * k]) / k for i in range(n_prompts)]
+        return [sum(values[i * k : (i + 1) * k]) / k for i in range(n_prompts)]
 
 
 def mean_se(x: list[float]) -> tuple[float, float]:
@@ -53,27 +54,30 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     for t in texts:
         w = t.split()
         for i in range(len(w) - n + 1):
-            grams.add(tuple(w[i:i + n]))
+            grams.add(tuple(w[i : i + n]))
             total += 1
     return len(grams) / total if total else 0.0
 
 
 @torch.no_grad()
-def score_generations(model, gens: list[Generation], pad_id: int, temperature: float, batch_size: int = 16) -> list[float]:
+def score_generations(
+    model, gens: list[Generation], pad_id: int, temperature: float, batch_size: int = 16
+) -> list[float]:
     """Summed log-probs of the sampled completion ids under ``model`` at the sampling temperature."""
     scorer = SequenceScorer(model, temperature=temperature if temperature > 0 else 1.0)
     device = next(model.parameters()).device
     out = [0.0] * len(gens)
     for s in range(0, len(gens), batch_size):
-        chunk = gens[s:s + batch_size]
+        chunk = gens[s : s + batch_size]
         ids, attn, comp = pad_sequences([g.prompt_ids for g in chunk], [g.completion_ids for g in chunk], pad_id)
         lp = scorer(ids.to(device), attn.to(device), comp.to(device)).sum.cpu().tolist()
-        out[s:s + len(chunk)] = lp
+        out[s : s + len(chunk)] = lp
     return out
 
 
-def result_from_generations(name: str, gens: list[Generation], gold_fn: Callable, prompt_texts: list[str],
-                            kl: list[float] | None = None) -> MethodResult:
+def result_from_generations(
+    name: str, gens: list[Generation], gold_fn: Callable, prompt_texts: list[str], kl: list[float] | None = None
+) -> MethodResult:
     """Score ``gens`` with ``gold_fn``; a reward with terms (``score()`` -> GoldScore) also fills
     ``extra["terms"]`` with the signed per-term contributions of every sample (they add up to the total)."""
     prompts = [prompt_texts[g.prompt_index] for g in gens]
@@ -85,16 +89,22 @@ def result_from_generations(name: str, gens: list[Generation], gold_fn: Callable
         gold, extra["terms"] = s.total, s.terms()
     else:
         gold = gold_fn(prompts, texts, finished)
-    return MethodResult(name, list(map(float, gold)), [len(g.completion_ids) for g in gens], finished, texts, kl,
-                        extra)
+    return MethodResult(name, list(map(float, gold)), [len(g.completion_ids) for g in gens], finished, texts, kl, extra)
 
 
 def summarize(res: MethodResult, baseline: MethodResult | None, n_prompts: int) -> dict:
     """One table row. Win rate and paired difference are per prompt (samples averaged within a prompt)."""
     g_mean, g_se = mean_se(res.per_prompt(res.gold, n_prompts))
-    row = {"method": res.name, "gold": g_mean, "gold_se": g_se,
-           "length": sum(res.lengths) / len(res.lengths), "finished": sum(res.finished) / len(res.finished),
-           "distinct2": distinct_n(res.texts, 2), "n_prompts": n_prompts, "n_samples": len(res.gold)}
+    row = {
+        "method": res.name,
+        "gold": g_mean,
+        "gold_se": g_se,
+        "length": sum(res.lengths) / len(res.lengths),
+        "finished": sum(res.finished) / len(res.finished),
+        "distinct2": distinct_n(res.texts, 2),
+        "n_prompts": n_prompts,
+        "n_samples": len(res.gold),
+    }
     if res.kl is not None:
         row["kl"], row["kl_se"] = mean_se(res.kl)
     else:

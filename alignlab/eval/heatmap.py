@@ -5,6 +5,7 @@ r̂_t (contrastive prompting with the reference or another scorer) and, given a 
 implicit token reward beta * (log pi_theta(y_t|.) - log pi_ref(y_t|.)), side by side. The HTML has inline CSS
 only; a Content-Security-Policy forbids any fetch or script.
 """
+
 from __future__ import annotations
 
 import html
@@ -46,7 +47,9 @@ def _prompt_text(p: TokenizedPair, tokenizer) -> str:
 
 
 @torch.no_grad()
-def response_token_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int = 8) -> list[tuple[list[float], list[float]]]:
+def response_token_logps(
+    model, pairs: list[TokenizedPair], pad_id: int, batch_size: int = 8
+) -> list[tuple[list[float], list[float]]]:
     """Per-token log pi(y_t|x, y_<t) of each pair's chosen / rejected response (the training ids and scorer)."""
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
@@ -64,25 +67,39 @@ def response_token_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_s
     return out
 
 
-def heatmap_data(model, tokenizer, pairs: list[TokenizedPair], template: str = "revision", beta: float = 0.1,
-                 policy=None, scorer=None, batch_size: int = 8, max_length: int | None = None) -> list[PairHeat]:
+def heatmap_data(
+    model,
+    tokenizer,
+    pairs: list[TokenizedPair],
+    template: str = "revision",
+    beta: float = 0.1,
+    policy=None,
+    scorer=None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> list[PairHeat]:
     """r̂ by ``scorer`` (default ``model``, the reference); implicit rewards if a ``policy`` is given (a callable
     ``policy(model) -> policy_model``, applied after the reference has been scored, because a LoRA adapter is
     injected into the base model in place; or a model)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rhat = cached_token_rewards(scorer if scorer is not None else model, tokenizer, pairs, template, batch_size,
-                                max_length).rewards
+    rhat = cached_token_rewards(
+        scorer if scorer is not None else model, tokenizer, pairs, template, batch_size, max_length
+    ).rewards
     implicit = None
     if policy is not None:
         ref = response_token_logps(model, pairs, pad_id, batch_size)
         pol_model = policy(model) if callable(policy) and not isinstance(policy, torch.nn.Module) else policy
         pol = response_token_logps(pol_model, pairs, pad_id, batch_size)
-        implicit = [tuple([beta * (a - b) for a, b in zip(pa, ra)] for pa, ra in zip(pp, rr)) for pp, rr in zip(pol, ref)]
+        implicit = [
+            tuple([beta * (a - b) for a, b in zip(pa, ra)] for pa, ra in zip(pp, rr)) for pp, rr in zip(pol, ref)
+        ]
     out = []
     for k, p in enumerate(pairs):
         sides = []
         for s, ids in enumerate((p.chosen_ids, p.rejected_ids)):
-            sides.append(ResponseHeat(_token_strings(tokenizer, ids), rhat[k][s], None if implicit is None else implicit[k][s]))
+            sides.append(
+                ResponseHeat(_token_strings(tokenizer, ids), rhat[k][s], None if implicit is None else implicit[k][s])
+            )
         out.append(PairHeat(p.source, _prompt_text(p, tokenizer), sides[0], sides[1]))
     return out
 
@@ -111,8 +128,10 @@ def _spans(rh: ResponseHeat, kind: str, scale: float) -> str:
     parts = []
     for t, v in zip(rh.tokens, vals):
         r, g, b = _rgb(v, scale)
-        parts.append(f'<span class="tok" data-v="{v:.6g}" title="{html.escape(repr(t))}: {v:+.4f}" '
-                     f'style="background:rgb({r},{g},{b})">{html.escape(_show(t))}</span>')
+        parts.append(
+            f'<span class="tok" data-v="{v:.6g}" title="{html.escape(repr(t))}: {v:+.4f}" '
+            f'style="background:rgb({r},{g},{b})">{html.escape(_show(t))}</span>'
+        )
     return "".join(parts)
 
 
@@ -137,9 +156,11 @@ def render_html(heats: list[PairHeat], title: str, notes: list[str]) -> str:
     body = [f"<h1>{html.escape(title)}</h1>"]
     body += [f'<p class="legend">{html.escape(n)}</p>' for n in notes]
     neg, pos = _rgb(-1, 1), _rgb(1, 1)
-    body.append(f'<p class="legend"><span class="sw" style="background:rgb{neg}"></span> negative '
-                f'<span class="sw" style="background:#fff"></span> 0 <span class="sw" style="background:rgb{pos}"></span>'
-                ' positive; hover a token for its value</p>')
+    body.append(
+        f'<p class="legend"><span class="sw" style="background:rgb{neg}"></span> negative '
+        f'<span class="sw" style="background:#fff"></span> 0 <span class="sw" style="background:rgb{pos}"></span>'
+        " positive; hover a token for its value</p>"
+    )
     for h in heats:
         body.append(f'<h2>{html.escape(h.source)}</h2><div class="prompt">{html.escape(h.prompt)}</div>')
         head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols)
@@ -147,12 +168,17 @@ def render_html(heats: list[PairHeat], title: str, notes: list[str]) -> str:
         for name, rh in (("chosen", h.chosen), ("rejected", h.rejected)):
             cells = "".join(f'<td class="resp {k}">{_spans(rh, k, s_r if k == "rhat" else s_i)}</td>' for k, _ in cols)
             rows.append(f'<tr class="{name}"><td class="side">{name}</td>{cells}</tr>')
-        cg = '<colgroup><col style="width:80px">' + "<col>" * len(cols) + "</colgroup>"  # fixed layout: 1st row sets widths
+        cg = (
+            '<colgroup><col style="width:80px">' + "<col>" * len(cols) + "</colgroup>"
+        )  # fixed layout: 1st row sets widths
         body.append(f"<table>{cg}<tr><th></th>{head}</tr>{''.join(rows)}</table>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(body)
-            + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def render_png(heats: list[PairHeat], path: Path, width_chars: int = 90, max_tokens: int = 200) -> Path:
@@ -185,8 +211,13 @@ def render_png(heats: list[PairHeat], path: Path, width_chars: int = 90, max_tok
     panels = [(h, name, rh) for h in heats for name, rh in (("chosen", h.chosen), ("rejected", h.rejected))]
     lines = [layout(rh.tokens)[1] for _, _, rh in panels]
     heights = [n + 1.2 for n in lines]
-    fig, axes = plt.subplots(len(panels), len(kinds), squeeze=False, gridspec_kw={"height_ratios": heights},
-                             figsize=(7.5 * len(kinds), 0.22 * sum(heights) + 0.5))
+    fig, axes = plt.subplots(
+        len(panels),
+        len(kinds),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+        figsize=(7.5 * len(kinds), 0.22 * sum(heights) + 0.5),
+    )
     for i, (h, name, rh) in enumerate(panels):
         boxes, n = layout(rh.tokens)
         for j, kind in enumerate(kinds):

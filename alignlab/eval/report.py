@@ -1,4 +1,5 @@
 """Readable results: a fixed-width table for stdout, report.md, results.json and a PNG plot."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,23 @@ def _fmt(v, nd=3):
 
 
 # trained methods against the base model; ± se of Δgold and win combine seed and prompt variance (bootstrap)
-COLUMNS = [("method", "method"), ("n_prompts", "prompts"), ("gold", "gold"), ("gold_se", "± se"),
-           ("diff", "Δgold"), ("diff_se", "± se"), ("win_rate", "win vs base"), ("win_se", "± se"),
-           ("kl", "KL T=1 (nats)"), ("kl_se", "± se"), ("kl_per_token", "KL/tok"), ("length", "len (tok)"),
-           ("finished", "ended"), ("cut", "cut by budget"), ("distinct2", "distinct-2")]
+COLUMNS = [
+    ("method", "method"),
+    ("n_prompts", "prompts"),
+    ("gold", "gold"),
+    ("gold_se", "± se"),
+    ("diff", "Δgold"),
+    ("diff_se", "± se"),
+    ("win_rate", "win vs base"),
+    ("win_se", "± se"),
+    ("kl", "KL T=1 (nats)"),
+    ("kl_se", "± se"),
+    ("kl_per_token", "KL/tok"),
+    ("length", "len (tok)"),
+    ("finished", "ended"),
+    ("cut", "cut by budget"),
+    ("distinct2", "distinct-2"),
+]
 
 
 def _cell(row: dict, key: str) -> str:
@@ -29,11 +43,22 @@ def _cell(row: dict, key: str) -> str:
 
 
 # decoding-time methods (no training): compared with greedy decoding of the reference on the same prompts
-DECODING_COLUMNS = [("method", "method"), ("gold", "gold"), ("gold_se", "± se"), ("win_rate", "win vs greedy"),
-                    ("diff", "Δgold"), ("diff_se", "± se"), ("kl", "KL bound"), ("length", "len (tok)"),
-                    ("diversity", "diversity"), ("coherence", "coherence"), ("ms_per_token", "ms/tok"),
-                    ("lm_tokens_per_token", "LM pos/tok"), ("reward_calls_per_token", "RM calls/tok"),
-                    ("n_prompts", "prompts")]
+DECODING_COLUMNS = [
+    ("method", "method"),
+    ("gold", "gold"),
+    ("gold_se", "± se"),
+    ("win_rate", "win vs greedy"),
+    ("diff", "Δgold"),
+    ("diff_se", "± se"),
+    ("kl", "KL bound"),
+    ("length", "len (tok)"),
+    ("diversity", "diversity"),
+    ("coherence", "coherence"),
+    ("ms_per_token", "ms/tok"),
+    ("lm_tokens_per_token", "LM pos/tok"),
+    ("reward_calls_per_token", "RM calls/tok"),
+    ("n_prompts", "prompts"),
+]
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
@@ -71,9 +96,16 @@ def plot_results(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], samples: list[dict] | None = None,
-                 decoding_rows: list[dict] | None = None, decoding_notes: list[str] | None = None,
-                 breakdown: str = "") -> Path:
+def write_report(
+    run_dir: Path,
+    rows: list[dict],
+    title: str,
+    notes: list[str],
+    samples: list[dict] | None = None,
+    decoding_rows: list[dict] | None = None,
+    decoding_notes: list[str] | None = None,
+    breakdown: str = "",
+) -> Path:
     """report.md + report.png + results.json; decoding-time rows (if any) get their own table and
     results_decoding.json, since their baseline is greedy decoding, not the sampled base model."""
     run_dir = Path(run_dir)
@@ -82,8 +114,14 @@ def write_report(run_dir: Path, rows: list[dict], title: str, notes: list[str], 
     png = plot_results(rows, run_dir / "report.png", title)
     md = [f"# {title}", "", format_table(rows), "", f"![results]({png.name})", ""]
     if breakdown:
-        md += ["## Gain by gold term", "", "Signed contributions of each term to Δgold (they add up to it).", "",
-               breakdown, ""]
+        md += [
+            "## Gain by gold term",
+            "",
+            "Signed contributions of each term to Δgold (they add up to it).",
+            "",
+            breakdown,
+            "",
+        ]
     md += [f"- {n}" for n in notes]
     if decoding_rows:
         (run_dir / "results_decoding.json").write_text(json.dumps(decoding_rows, indent=2, default=str))

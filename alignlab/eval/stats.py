@@ -12,6 +12,7 @@ one call each are resampled jointly.
 From harness results (one ``MethodResult`` per seed, ``n_prompts`` prompts):
 ``np.stack([r.per_prompt(r.gold, n_prompts) for r in results])`` is the ``[S, P]`` array.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GainEstimate", "paired_gain", "win_rate", "anova_components", "TermBreakdown", "term_breakdown",
-           "KLSummary", "kl_summary", "LengthBaselines", "length_baselines"]
+__all__ = [
+    "GainEstimate",
+    "paired_gain",
+    "win_rate",
+    "anova_components",
+    "TermBreakdown",
+    "term_breakdown",
+    "KLSummary",
+    "kl_summary",
+    "LengthBaselines",
+    "length_baselines",
+]
 
 
 def _arr(x, name: str) -> np.ndarray:
@@ -42,8 +53,9 @@ def _cells(scores, baseline, what: str = "scores", base: str = "baseline") -> tu
     if b.shape == g.shape[1:]:
         b = np.broadcast_to(b, g.shape)
     elif b.shape != g.shape:
-        raise ValueError(f"{base} has shape {b.shape}; expected {g.shape[1:]} or {g.shape} to match "
-                         f"{what} of shape {g0.shape}")
+        raise ValueError(
+            f"{base} has shape {b.shape}; expected {g.shape[1:]} or {g.shape} to match {what} of shape {g0.shape}"
+        )
     if g.shape[1] < 2:
         raise ValueError(f"need at least 2 prompts; {what} has shape {g0.shape}")
     return g, b
@@ -78,6 +90,7 @@ class GainEstimate:
     ``se_analytic`` is the ANOVA cross-check; ``exceeds_2se`` is |mean − null| > 2·se (null = 0 for a gain,
     0.5 for a win rate). ``seed_variance_included`` is False when S = 1: the s.e. then covers prompts only.
     """
+
     mean: float
     se: float
     ci: tuple[float, float]
@@ -94,8 +107,10 @@ class GainEstimate:
 
     def __str__(self) -> str:
         note = "" if self.seed_variance_included else ", seed variance NOT included"
-        return (f"{self.mean:.4g} ± {self.se:.2g} (95% CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}]; "
-                f"{self.n_seeds} seeds × {self.n_prompts} prompts{note})")
+        return (
+            f"{self.mean:.4g} ± {self.se:.2g} (95% CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}]; "
+            f"{self.n_seeds} seeds × {self.n_prompts} prompts{note})"
+        )
 
 
 def _boot_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -127,8 +142,21 @@ def _estimate(x: np.ndarray, n_boot: int, seed: int, null: float) -> GainEstimat
     lo, hi = np.percentile(reps, [2.5, 97.5])
     s2s, s2p, s2e = anova_components(x)
     var = s2p / P if S == 1 else s2s / S + s2p / P + s2e / (S * P)
-    return GainEstimate(mean, se, (float(lo), float(hi)), math.sqrt(var), s2s, s2p, s2e, S, P, n_boot,
-                        S > 1, bool(abs(mean - null) > 2 * se), null)
+    return GainEstimate(
+        mean,
+        se,
+        (float(lo), float(hi)),
+        math.sqrt(var),
+        s2s,
+        s2p,
+        s2e,
+        S,
+        P,
+        n_boot,
+        S > 1,
+        bool(abs(mean - null) > 2 * se),
+        null,
+    )
 
 
 def paired_gain(scores, baseline, *, n_boot: int = 2000, seed: int = 0) -> GainEstimate:
@@ -166,6 +194,7 @@ def win_rate(scores, baseline, *, n_boot: int = 2000, seed: int = 0) -> GainEsti
 class TermBreakdown:
     """Per-term gains: ``delta[k]`` (raw), ``contribution[k]`` (signed weight × delta), ``share[k]``
     (contribution / total; nan when total == 0), ``total`` = Δ of the gold, ``weights`` (signed, as used)."""
+
     delta: dict[str, float]
     contribution: dict[str, float]
     share: dict[str, float]
@@ -178,8 +207,7 @@ class TermBreakdown:
         return max(self.contribution, key=lambda k: abs(self.contribution[k]))
 
 
-def term_breakdown(terms_method: dict, terms_base: dict, weights: dict, *, signs: dict | None = None
-                   ) -> TermBreakdown:
+def term_breakdown(terms_method: dict, terms_base: dict, weights: dict, *, signs: dict | None = None) -> TermBreakdown:
     """Split a gold gain into its terms, for gold = Σ_k w_k·term_k with signed weights w_k.
 
     terms_method[k]: [S, P] or [P]; terms_base[k]: [P] or the same shape (paired as in ``paired_gain``).
@@ -211,6 +239,7 @@ def term_breakdown(terms_method: dict, terms_base: dict, weights: dict, *, signs
 @dataclass(frozen=True)
 class KLSummary:
     """KL(π‖π_ref) estimate; see ``kl_summary``."""
+
     per_seq: float
     per_seq_se: float
     per_token: float
@@ -258,15 +287,21 @@ def kl_summary(policy_logps, ref_logps, lengths, cut_by_budget, *, temperature: 
         per_token_se = float("nan")
     sane = not (P > 1 and per_seq < -2 * per_seq_se)
     if not sane:
-        warnings.warn(f"mean KL {per_seq:.4g} is below -2 s.e. ({per_seq_se:.2g}) over {kl.size} samples: sampling "
-                      "and scoring disagree (padding, temperature, position ids?)", RuntimeWarning, stacklevel=2)
-    return KLSummary(per_seq, per_seq_se, per_token, per_token_se, float((cut != 0).mean()), P, kl.size,
-                     float(temperature), sane)
+        warnings.warn(
+            f"mean KL {per_seq:.4g} is below -2 s.e. ({per_seq_se:.2g}) over {kl.size} samples: sampling "
+            "and scoring disagree (padding, temperature, position ids?)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return KLSummary(
+        per_seq, per_seq_se, per_token, per_token_se, float((cut != 0).mean()), P, kl.size, float(temperature), sane
+    )
 
 
 @dataclass(frozen=True)
 class LengthBaselines:
     """Length-only accuracies on preference pairs; longer_wins + shorter_wins + ties = 1."""
+
     longer_wins: float
     shorter_wins: float
     ties: float

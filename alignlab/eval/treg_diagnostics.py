@@ -56,7 +56,9 @@ def token_reward_diagnostics(rewards: Rewards, pair_terms: dict[str, list[tuple[
 
 def format_diagnostics(d: dict) -> str:
     corr = ", ".join(f"{k.split('/', 1)[1]} {v:+.2f}" for k, v in d.items() if k.startswith("corr_with/"))
-    return (f"T-REG token rewards over {d['pairs']} pairs / {d['tokens']} tokens: |r̂| median {d['abs_rhat_median']:.4f}, "
-            f"p90 {d['abs_rhat_p90']:.4f}, p99 {d['abs_rhat_p99']:.4f}; {100 * d['share_abs_below_0.01']:.0f}% of tokens "
-            f"below 0.01; Σr̂ prefers chosen in {100 * d['pref_chosen']:.1f}% of pairs (per-token mean: "
-            f"{100 * d['pref_chosen_mean']:.1f}%)" + (f"; corr(Δ Σr̂, Δ term): {corr}" if corr else ""))
+    return (
+        f"T-REG token rewards over {d['pairs']} pairs / {d['tokens']} tokens: |r̂| median {d['abs_rhat_median']:.4f}, "
+        f"p90 {d['abs_rhat_p90']:.4f}, p99 {d['abs_rhat_p99']:.4f}; {100 * d['share_abs_below_0.01']:.0f}% of tokens "
+        f"below 0.01; Σr̂ prefers chosen in {100 * d['pref_chosen']:.1f}% of pairs (per-token mean: "
+        f"{100 * d['pref_chosen_mean']:.1f}%)" + (f"; corr(Δ Σr̂, Δ term): {corr}" if corr else "")
+    )

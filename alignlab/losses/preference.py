@@ -5,6 +5,7 @@ Every function returns **per-pair** losses [B]; the recipe divides the sum by th
 the mean over pairs. Notation follows L1: rho = log pi_theta(y|x) - log pi_ref(y|x)
 with **summed** completion log-probs, h = rho_w - rho_l, z = beta * h.
 """
+
 from __future__ import annotations
 
 import torch
@@ -94,7 +95,9 @@ def simpo_rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor
     return beta * p.chosen / p.chosen_len.clamp(min=1), beta * p.rejected / p.rejected_len.clamp(min=1)
 
 
-def simpo(p: PairLogps, beta: float = 2.0, gamma_beta_ratio: float = 0.25, label_smoothing: float = 0.0) -> torch.Tensor:
+def simpo(
+    p: PairLogps, beta: float = 2.0, gamma_beta_ratio: float = 0.25, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """SimPO (arXiv 2405.14734; princeton-nlp/SimPO@1b3e8f3 ``simpo_loss``): -log sigma(r_w - r_l - gamma).
 
     r = (beta/|y|) log pi_theta(y|x) (mean over tokens), gamma = beta * gamma_beta_ratio. Optional label

@@ -76,7 +76,9 @@ LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
         LossSpec("dpo", preference.dpo, "DPO: -log σ(β·h), h = summed log-ratio margin", extra_reads=_REF),
-        LossSpec("dpo_norm", preference.dpo_norm, "DPO on per-token mean log-ratios (TRL sigmoid_norm)", extra_reads=_REF),
+        LossSpec(
+            "dpo_norm", preference.dpo_norm, "DPO on per-token mean log-ratios (TRL sigmoid_norm)", extra_reads=_REF
+        ),
         LossSpec(
             "cdpo",
             preference.cdpo,

@@ -17,13 +17,14 @@ The same L_REG applies to chosen and rejected responses (no sign flip): a good t
 is still pushed up. Per-token gradients with w detached (T2.4):
     dL/dlog pi(y_w,t) = -beta*w - alpha*w*beta*r̂_w,t ;  dL/dlog pi(y_l,t) = +beta*w - alpha*w*beta*r̂_l,t
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from alignlab.losses.preference import margin, dpo, simpo, simpo_rewards
+from alignlab.losses.preference import dpo, margin, simpo, simpo_rewards
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.ops.logprobs import masked_sum
 
@@ -86,8 +87,15 @@ def _check(p: PairLogps, t: TokenTerms) -> None:
         raise ValueError(f"TokenTerms has {t.n_pairs} pairs but PairLogps has {p.chosen.shape[0]}")
 
 
-def dpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 0.1, weighting: str = "dpo",
-                   static_weight: float = 0.5, detach_weight: bool = True, reg_reduction: str = "sum") -> TregParts:
+def dpo_treg_parts(
+    p: PairLogps,
+    t: TokenTerms,
+    beta: float = 0.1,
+    weighting: str = "dpo",
+    static_weight: float = 0.5,
+    detach_weight: bool = True,
+    reg_reduction: str = "sum",
+) -> TregParts:
     _check(p, t)
     seq = dpo(p, beta)
     # sigma(r_l - r_w) = sigma(-beta*h): exactly -dL_DPO/d(beta*h), DPO's per-pair gradient coefficient (T2.3).
@@ -100,8 +108,16 @@ def dpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 0.1, weighting: st
     return TregParts(seq, w, reg[:B], reg[B:])
 
 
-def dpo_treg(p: PairLogps, t: TokenTerms, beta: float = 0.1, alpha: float = DEFAULT_ALPHA, weighting: str = "dpo",
-             static_weight: float = 0.5, detach_weight: bool = True, reg_reduction: str = "sum") -> torch.Tensor:
+def dpo_treg(
+    p: PairLogps,
+    t: TokenTerms,
+    beta: float = 0.1,
+    alpha: float = DEFAULT_ALPHA,
+    weighting: str = "dpo",
+    static_weight: float = 0.5,
+    detach_weight: bool = True,
+    reg_reduction: str = "sum",
+) -> torch.Tensor:
     """DPO-REG (T2.4): -log sigma(beta*h) + alpha * sg(w) * (L_REG(y_w) + L_REG(y_l)), per pair [B].
 
     beta: DPO's inverse KL strength, also the scale of the token regulariser (L_REG = -beta sum r̂ log pi).
@@ -112,9 +128,16 @@ def dpo_treg(p: PairLogps, t: TokenTerms, beta: float = 0.1, alpha: float = DEFA
     return dpo_treg_parts(p, t, beta, weighting, static_weight, detach_weight, reg_reduction).total(alpha)
 
 
-def simpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_ratio: float = 0.25,
-                     label_smoothing: float = 0.0, weighting: str = "dpo", static_weight: float = 0.5,
-                     detach_weight: bool = True) -> TregParts:
+def simpo_treg_parts(
+    p: PairLogps,
+    t: TokenTerms,
+    beta: float = 2.0,
+    gamma_beta_ratio: float = 0.25,
+    label_smoothing: float = 0.0,
+    weighting: str = "dpo",
+    static_weight: float = 0.5,
+    detach_weight: bool = True,
+) -> TregParts:
     _check(p, t)
     seq = simpo(p, beta, gamma_beta_ratio, label_smoothing)
     r_w, r_l = simpo_rewards(p, beta)
@@ -126,9 +149,17 @@ def simpo_treg_parts(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_
     return TregParts(seq, w, reg[:B], reg[B:])
 
 
-def simpo_treg(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_ratio: float = 0.25,
-               label_smoothing: float = 0.0, alpha: float = DEFAULT_ALPHA, weighting: str = "dpo", static_weight: float = 0.5,
-               detach_weight: bool = True) -> torch.Tensor:
+def simpo_treg(
+    p: PairLogps,
+    t: TokenTerms,
+    beta: float = 2.0,
+    gamma_beta_ratio: float = 0.25,
+    label_smoothing: float = 0.0,
+    alpha: float = DEFAULT_ALPHA,
+    weighting: str = "dpo",
+    static_weight: float = 0.5,
+    detach_weight: bool = True,
+) -> torch.Tensor:
     """SimPO-REG, our analogue (T2.5, [inferred]), per pair [B]:
 
         -log sigma(r_w - r_l - gamma) + alpha * sg(w) * (L_REG(y_w) + L_REG(y_l)),
@@ -137,9 +168,9 @@ def simpo_treg(p: PairLogps, t: TokenTerms, beta: float = 2.0, gamma_beta_ratio:
 
     No reference model. beta: SimPO's reward scale; gamma = beta * gamma_beta_ratio. alpha = 0 is exactly SimPO.
     """
-    return simpo_treg_parts(p, t, beta, gamma_beta_ratio, label_smoothing, weighting, static_weight,
-                            detach_weight).total(alpha)
-
+    return simpo_treg_parts(
+        p, t, beta, gamma_beta_ratio, label_smoothing, weighting, static_weight, detach_weight
+    ).total(alpha)
 
 
 @torch.no_grad()

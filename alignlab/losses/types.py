@@ -1,4 +1,5 @@
 """Typed inputs of the preference losses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ class TokenTerms:
     mask:  [2B, T-1] bool, True at the scored response tokens (``completion_mask[:, 1:]``).
     rhat:  [2B, T-1] constant token rewards r̂_t in (-0.5, 0.5), 0 where masked (no gradient).
 
-    Shapes must match exactly: a reward array is never broadcast onto a differently shaped mask (docs/conventions.md T8.10).
+    Shapes must match exactly: a reward array is never broadcast onto a differently shaped mask
+    (docs/conventions.md T8.10).
     """
 
     logps: torch.Tensor
@@ -46,8 +48,10 @@ class TokenTerms:
 
     def __post_init__(self) -> None:
         if not (self.logps.shape == self.mask.shape == self.rhat.shape):
-            raise ValueError(f"TokenTerms: logps {tuple(self.logps.shape)}, mask {tuple(self.mask.shape)} and rhat "
-                             f"{tuple(self.rhat.shape)} must have identical shapes (never broadcast)")
+            raise ValueError(
+                f"TokenTerms: logps {tuple(self.logps.shape)}, mask {tuple(self.mask.shape)} and rhat "
+                f"{tuple(self.rhat.shape)} must have identical shapes (never broadcast)"
+            )
         if self.logps.dim() != 2 or self.logps.shape[0] % 2:
             raise ValueError(f"TokenTerms: expected [2B, T-1] tensors, got {tuple(self.logps.shape)}")
 

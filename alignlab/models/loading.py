@@ -50,8 +50,14 @@ MODEL_ALIASES: dict[str, GGUFAlias] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SOURCE_FILE = "alignlab_source.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def cache_dir() -> Path:
@@ -63,7 +69,8 @@ def cache_dir() -> Path:
 
 
 def alias_dir(alias: str) -> Path:
-    """``$ALIGNLAB_MODEL_CACHE/<alias>`` if set (lets tests isolate every other cache), else ``<cache>/models/<alias>``."""
+    """``$ALIGNLAB_MODEL_CACHE/<alias>`` if set (lets tests isolate every other cache), else
+    ``<cache>/models/<alias>``."""
     if os.environ.get("ALIGNLAB_MODEL_CACHE"):
         return Path(os.environ["ALIGNLAB_MODEL_CACHE"]).expanduser() / alias
     return cache_dir() / "models" / alias
@@ -148,9 +155,15 @@ def _build_gguf_alias(spec: GGUFAlias, out: Path) -> None:
         tok.model_max_length = model.config.max_position_embeddings  # GGUF leaves it at "infinite"
         _plain_copy(model).save_pretrained(out)
         tok.save_pretrained(out)
-    source = {"alias_source": "pypi", "package": spec.package, "version": spec.version, "member": spec.member,
-              "gguf_sha256": digest, "dtype": "float32",
-              "transformers_version": transformers.__version__}
+    source = {
+        "alias_source": "pypi",
+        "package": spec.package,
+        "version": spec.version,
+        "member": spec.member,
+        "gguf_sha256": digest,
+        "dtype": "float32",
+        "transformers_version": transformers.__version__,
+    }
     (out / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")  # written last: completion marker
 
 

@@ -41,10 +41,21 @@ def apply_lora(
         layers = list(range(max(0, n_layers - top_layers), n_layers))
         if target_modules == "all-linear":  # peft needs explicit names together with layers_to_transform
             head = model.get_output_embeddings()
-            target_modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                                     if isinstance(m, torch.nn.Linear) and m is not head})
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules, layers_to_transform=layers)
+            target_modules = sorted(
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m is not head
+                }
+            )
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        layers_to_transform=layers,
+    )
     return get_peft_model(model, config)
 
 
@@ -123,5 +134,7 @@ def trainable_parameter_report(model: torch.nn.Module) -> str:
     for name, cfg in (getattr(model, "peft_config", None) or {}).items():
         targets = sorted(cfg.target_modules) if isinstance(cfg.target_modules, set) else cfg.target_modules
         frozen = " frozen" if cfg.inference_mode else ""
-        line += f"; adapter {name!r}{frozen}: r={cfg.r} alpha={cfg.lora_alpha} dropout={cfg.lora_dropout} targets={targets}"
+        line += (
+            f"; adapter {name!r}{frozen}: r={cfg.r} alpha={cfg.lora_alpha} dropout={cfg.lora_dropout} targets={targets}"
+        )
     return line

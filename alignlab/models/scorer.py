@@ -6,6 +6,7 @@ Why hidden states first: the LM head is applied only at the positions that score
 so prompt and pad positions never pay for the vocabulary projection, and the fp32 log-softmax runs
 chunk-wise over those rows only (never full-vocab fp32 logits for the whole batch, R1.3).
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,14 +42,20 @@ class SequenceScorer(nn.Module):
         self.temperature = temperature
         self.fast = fast_path_ok(model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                return_tokens: bool = False) -> SeqLogps:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        return_tokens: bool = False,
+    ) -> SeqLogps:
         pos = position_ids_from_mask(attention_mask)
         if not self.fast:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits
             return completion_logps(logits / self.temperature, input_ids, completion_mask, return_tokens)
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                          position_ids=pos).last_hidden_state  # [N, T, H]
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=pos
+        ).last_hidden_state  # [N, T, H]
         score_mask = completion_mask[:, 1:].bool()  # label shift: position t-1 scores token t
         rows = hidden[:, :-1][score_mask]  # [M, H] only positions that predict a completion token
         logits = self.model.get_output_embeddings()(rows)

@@ -5,6 +5,7 @@ prompt and pad positions contribute exactly 0; the sequence log-prob is the **su
 tokens; the log-softmax is always computed in fp32, chunk by chunk, so full-vocabulary fp32 logits
 for the whole batch are never materialised (R1.3).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """Helpers shared by every precomputed table (reference log-probs, T-REG token rewards): a fingerprint of the
 training token ids, round-robin rank shards joined by one all-reduce, and atomic writes of the result.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,6 @@ def pairs_fingerprint(pairs: list[TokenizedPair]) -> str:
             h.update(len(ids).to_bytes(4, "little"))
             h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
     return h.hexdigest()
-
 
 
 def rank_shard(n: int, accelerator=None) -> list[int]:

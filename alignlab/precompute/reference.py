@@ -3,6 +3,7 @@
 Cache key = sha256 over (every prompt/chosen/rejected token id after truncation, reference fingerprint,
 dtype). Hashing the final ids covers dataset, tokenizer, chat template and max lengths at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,17 @@ def reference_key(pairs: list[TokenizedPair], model_fp: str, dtype: str) -> str:
 
 
 @torch.no_grad()
-def compute_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], indices: list[int], pad_id: int,
-                  batch_size: int, device) -> torch.Tensor:
+def compute_logps(
+    scorer: SequenceScorer, pairs: list[TokenizedPair], indices: list[int], pad_id: int, batch_size: int, device
+) -> torch.Tensor:
     """[len(indices), 2] summed (chosen, rejected) log-probs; batches sorted by length to cut padding."""
-    order = sorted(range(len(indices)), key=lambda k: -len(pairs[indices[k]].prompt_ids)
-                   - max(len(pairs[indices[k]].chosen_ids), len(pairs[indices[k]].rejected_ids)))
+    order = sorted(
+        range(len(indices)),
+        key=lambda k: (
+            -len(pairs[indices[k]].prompt_ids)
+            - max(len(pairs[indices[k]].chosen_ids), len(pairs[indices[k]].rejected_ids))
+        ),
+    )
     out = torch.zeros(len(indices), 2)
     for s in range(0, len(order), batch_size):
         ks = order[s : s + batch_size]
@@ -39,8 +46,9 @@ def compute_logps(scorer: SequenceScorer, pairs: list[TokenizedPair], indices: l
     return out
 
 
-def reference_logps(accelerator, scorer: SequenceScorer, pairs: list[TokenizedPair], pad_id: int, key: str,
-                    batch_size: int = 8) -> tuple[torch.Tensor, bool, Path]:
+def reference_logps(
+    accelerator, scorer: SequenceScorer, pairs: list[TokenizedPair], pad_id: int, key: str, batch_size: int = 8
+) -> tuple[torch.Tensor, bool, Path]:
     """Load or compute the [N, 2] reference table. Each rank computes a shard; one all-reduce joins them.
 
     Returns (table, cache_hit, path).

@@ -14,6 +14,7 @@ Cost (T6): two forward rows per response, both contexts of a response in the sam
 Cache: ``<cache>/treg_rewards/<key>.safetensors``, next to ``<cache>/reflogps/``; key = refcache's
 reference key (every token id, scorer fingerprint, dtype) + template + context texts + tokenizer + max_length.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,11 +66,15 @@ class TregTemplate:
             if "prompt" not in f:
                 raise TemplateError(f"template {self.name!r}: the {side} instruction has no {{prompt}} placeholder")
             if f - {"prompt", "response"}:
-                raise TemplateError(f"template {self.name!r}: unknown placeholder(s) {sorted(f - {'prompt', 'response'})} "
-                                    f"in the {side} instruction (allowed: {{prompt}}, {{response}})")
+                raise TemplateError(
+                    f"template {self.name!r}: unknown placeholder(s) {sorted(f - {'prompt', 'response'})} "
+                    f"in the {side} instruction (allowed: {{prompt}}, {{response}})"
+                )
         if fb != fw:
-            raise TemplateError(f"template {self.name!r}: better uses {sorted(fb)} but worse uses {sorted(fw)}; both "
-                                "instructions must use the same placeholders")
+            raise TemplateError(
+                f"template {self.name!r}: better uses {sorted(fb)} but worse uses {sorted(fw)}; both "
+                "instructions must use the same placeholders"
+            )
         return self
 
 
@@ -82,18 +87,22 @@ def _fields(text: str) -> set[str]:
 
 # The project's own wording (T1.2, [inferred]): the paper's exact instructions could not be
 # confirmed. "revision" (default) pastes the scored response as the draft to improve / worsen.
-_REV = ("Below is a user request and a draft reply. Rewrite the reply so that it is {how}.\n\n"
-        "Request:\n{{prompt}}\n\nDraft reply:\n{{response}}")
+_REV = (
+    "Below is a user request and a draft reply. Rewrite the reply so that it is {how}.\n\n"
+    "Request:\n{{prompt}}\n\nDraft reply:\n{{response}}"
+)
 _GEN = "Answer the following request in a way that is {how}.\n\n{{prompt}}"
 TEMPLATES: dict[str, TregTemplate] = {
     "revision": TregTemplate(
         "revision",
         _REV.format(how="more helpful, more correct, more coherent and more concise"),
-        _REV.format(how="less helpful, less correct, less coherent and more verbose")),
+        _REV.format(how="less helpful, less correct, less coherent and more verbose"),
+    ),
     "generation": TregTemplate(
         "generation",
         _GEN.format(how="helpful, correct, coherent and concise"),
-        _GEN.format(how="unhelpful, incorrect, incoherent and verbose")),
+        _GEN.format(how="unhelpful, incorrect, incoherent and verbose"),
+    ),
 }
 
 
@@ -120,12 +129,15 @@ def check_same_tokenizer(train_tok, scorer_tok, scorer_model=None, name: str = "
     a, b = train_tok.get_vocab(), scorer_tok.get_vocab()
     if a != b:
         diff = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])[:3]
-        raise ScorerTokenizerError(f"T-REG {name}: its tokenizer differs from the training tokenizer ({len(b)} vs "
-                                   f"{len(a)} entries; first differences {diff}); use a model with the same tokenizer")
+        raise ScorerTokenizerError(
+            f"T-REG {name}: its tokenizer differs from the training tokenizer ({len(b)} vs "
+            f"{len(a)} entries; first differences {diff}); use a model with the same tokenizer"
+        )
     for attr in ("bos_token_id", "eos_token_id"):
         if getattr(train_tok, attr) != getattr(scorer_tok, attr):
-            raise ScorerTokenizerError(f"T-REG {name}: {attr} {getattr(scorer_tok, attr)} != training "
-                                       f"{getattr(train_tok, attr)}")
+            raise ScorerTokenizerError(
+                f"T-REG {name}: {attr} {getattr(scorer_tok, attr)} != training {getattr(train_tok, attr)}"
+            )
     if scorer_model is not None:
         head = scorer_model.get_output_embeddings()
         n = getattr(head, "out_features", None) or scorer_model.config.vocab_size
@@ -164,16 +176,19 @@ def _left_truncate(ctx: list[int], budget: int, bos_id: int | None) -> list[int]
     if budget < 1:
         raise ValueError(f"no room for a context: max_length leaves {budget} tokens")
     keep_bos = bos_id is not None and ctx[0] == bos_id and budget > 1
-    return ([bos_id] + ctx[-(budget - 1):]) if keep_bos else ctx[-budget:]
+    return ([bos_id] + ctx[-(budget - 1) :]) if keep_bos else ctx[-budget:]
 
 
-def build_context_rows(pt: PairTokenizer, template: TregTemplate, pair: TokenizedPair, side: str,
-                       max_length: int | None = None) -> ContextRows:
+def build_context_rows(
+    pt: PairTokenizer, template: TregTemplate, pair: TokenizedPair, side: str, max_length: int | None = None
+) -> ContextRows:
     """Contexts for the chosen (side="chosen") or rejected response of ``pair``; the response ids are the
     training ids. ``max_length`` bounds context + response; only the context is cut (from the left)."""
     if pair.prompt is None:
-        raise ValueError(f"{pair.source}: no prompt text; T-REG contexts are built from text (pairs made by "
-                         "tokenize_pairs or build_onpolicy_pairs keep it)")
+        raise ValueError(
+            f"{pair.source}: no prompt text; T-REG contexts are built from text (pairs made by "
+            "tokenize_pairs or build_onpolicy_pairs keep it)"
+        )
     ids = pair.chosen_ids if side == "chosen" else pair.rejected_ids
     text = pair.chosen_text if side == "chosen" else pair.rejected_text
     if template.uses_response and text is None:
@@ -192,11 +207,14 @@ def check_rows(rows: ContextRows, training_ids: list[int], bos_id: int | None = 
         if bos_id is not None and len(ctx) >= 2 and ctx[0] == ctx[1] == bos_id:
             raise TokenRewardAlignmentError(f"{rows.source}: {name} context starts with a duplicated BOS")
     if rows.response != list(training_ids):
-        n = next((i for i, (a, b) in enumerate(zip(rows.response, training_ids)) if a != b),
-                 min(len(rows.response), len(training_ids)))
+        n = next(
+            (i for i, (a, b) in enumerate(zip(rows.response, training_ids)) if a != b),
+            min(len(rows.response), len(training_ids)),
+        )
         raise TokenRewardAlignmentError(
             f"{rows.source}: response ids scored under the contrastive contexts differ from the training ids "
-            f"(lengths {len(rows.response)} vs {len(training_ids)}, first difference at token {n})")
+            f"(lengths {len(rows.response)} vs {len(training_ids)}, first difference at token {n})"
+        )
 
 
 # --------------------------------------------------------------------------- scoring
@@ -215,9 +233,16 @@ class TokenRewardResult:
 
 
 @torch.no_grad()
-def compute_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template: str | TregTemplate = "revision",
-                          batch_size: int = 8, max_length: int | None = None, indices: list[int] | None = None,
-                          device=None) -> TokenRewardResult:
+def compute_token_rewards(
+    model,
+    tokenizer,
+    pairs: list[TokenizedPair],
+    template: str | TregTemplate = "revision",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    indices: list[int] | None = None,
+    device=None,
+) -> TokenRewardResult:
     """Score ``pairs[indices]`` (default all) without caching. ``batch_size`` responses per forward (2 rows each)."""
     tpl = resolve_template(template)
     pt = PairTokenizer(tokenizer)
@@ -251,8 +276,9 @@ def compute_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template
         for j, (k, side, r) in enumerate(chunk):
             lp_b, lp_w = tok[2 * j][mask[2 * j]], tok[2 * j + 1][mask[2 * j + 1]]
             if lp_b.numel() != len(r.response) or lp_w.numel() != len(r.response):
-                raise TokenRewardAlignmentError(f"{r.source}: {lp_b.numel()}/{lp_w.numel()} scored tokens for a "
-                                                f"{len(r.response)}-token response")
+                raise TokenRewardAlignmentError(
+                    f"{r.source}: {lp_b.numel()}/{lp_w.numel()} scored tokens for a {len(r.response)}-token response"
+                )
             out[(k, side)] = token_rewards_from_logps(lp_b, lp_w).tolist()
     model.train(was_training)
     rewards = [(out[(k, "chosen")], out[(k, "rejected")]) for k in indices]
@@ -266,11 +292,20 @@ def _texts_fingerprint(pairs: list[TokenizedPair]) -> str:
     return h.hexdigest()
 
 
-def token_rewards_key(pairs: list[TokenizedPair], scorer_fp: str, dtype: str, template: TregTemplate, tokenizer,
-                      max_length: int | None) -> str:
+def token_rewards_key(
+    pairs: list[TokenizedPair], scorer_fp: str, dtype: str, template: TregTemplate, tokenizer, max_length: int | None
+) -> str:
     """refcache.reference_key (token ids, scorer, dtype) + template + texts + tokenizer/chat template + budget."""
-    blob = "|".join([reference_key(pairs, scorer_fp, dtype), template.fingerprint(), _texts_fingerprint(pairs),
-                     tokenizer_fingerprint(tokenizer), str(max_length), "treg-v1"])
+    blob = "|".join(
+        [
+            reference_key(pairs, scorer_fp, dtype),
+            template.fingerprint(),
+            _texts_fingerprint(pairs),
+            tokenizer_fingerprint(tokenizer),
+            str(max_length),
+            "treg-v1",
+        ]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -287,9 +322,16 @@ def _unflatten(flat: torch.Tensor, lengths: torch.Tensor) -> list[tuple[list[flo
     return [(parts[2 * k].tolist(), parts[2 * k + 1].tolist()) for k in range(len(parts) // 2)]
 
 
-def cached_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template: str | TregTemplate = "revision",
-                         batch_size: int = 8, max_length: int | None = None, accelerator=None,
-                         scorer_fp: str | None = None) -> TokenRewardResult:
+def cached_token_rewards(
+    model,
+    tokenizer,
+    pairs: list[TokenizedPair],
+    template: str | TregTemplate = "revision",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    accelerator=None,
+    scorer_fp: str | None = None,
+) -> TokenRewardResult:
     """Load or compute (and store) r̂ for every pair. Under ``accelerator`` each rank scores a shard of the
     pairs and one all-reduce joins them (as refcache.reference_logps)."""
     tpl = resolve_template(template)
@@ -302,11 +344,20 @@ def cached_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template:
         if torch.equal(d["lengths"], expected):
             return TokenRewardResult(_unflatten(d["values"], d["lengths"]), True, path)
     mine = rank_shard(len(pairs), accelerator)
-    res = compute_token_rewards(model, tokenizer, pairs, tpl, batch_size, max_length, mine,
-                                accelerator.device if accelerator is not None else None)
+    res = compute_token_rewards(
+        model,
+        tokenizer,
+        pairs,
+        tpl,
+        batch_size,
+        max_length,
+        mine,
+        accelerator.device if accelerator is not None else None,
+    )
     if accelerator is not None and accelerator.num_processes > 1:  # every rank joins the all-reduce
-        full: list[tuple[list[float], list[float]]] = [([0.0] * len(p.chosen_ids), [0.0] * len(p.rejected_ids))
-                                                       for p in pairs]
+        full: list[tuple[list[float], list[float]]] = [
+            ([0.0] * len(p.chosen_ids), [0.0] * len(p.rejected_ids)) for p in pairs
+        ]
         for k, r in zip(mine, res.rewards):
             full[k] = r
         flat = sum_over_ranks(_flatten(full), accelerator)
@@ -316,15 +367,22 @@ def cached_token_rewards(model, tokenizer, pairs: list[TokenizedPair], template:
     return TokenRewardResult(_unflatten(flat, expected), False, path, res.forward_calls, res.rows)
 
 
-def token_rewards_for_pairs(model, tokenizer, pairs: list[TokenizedPair], template: str | TregTemplate = "revision",
-                            batch_size: int = 8, max_length: int | None = None) -> list[tuple[list[float], list[float]]]:
+def token_rewards_for_pairs(
+    model,
+    tokenizer,
+    pairs: list[TokenizedPair],
+    template: str | TregTemplate = "revision",
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> list[tuple[list[float], list[float]]]:
     """(chosen r̂, rejected r̂) per pair, one float per training response token; cached on disk. ``model`` is the
     frozen scorer (the reference: call before applying LoRA / training). Pairs must carry their prompt text."""
     return cached_token_rewards(model, tokenizer, pairs, template, batch_size, max_length).rewards
 
 
-def token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs: list[TokenizedPair],
-                               model_fp: str | None = None) -> TokenRewardResult:
+def token_rewards_for_training(
+    cfg, accelerator, model, tokenizer, pairs: list[TokenizedPair], model_fp: str | None = None
+) -> TokenRewardResult:
     """The train loop's entry: scorer = ``model`` as given (call before LoRA: the reference) unless
     ``cfg.treg_scorer`` names another frozen LM, which must share the tokenizer. Contexts + response are bounded
     by 2 x max_length (the revision context holds the prompt and the response as the draft). ``model_fp``: the
@@ -333,14 +391,25 @@ def token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs: list[T
     if cfg.treg_scorer:
         from alignlab.models.loading import load_model_and_tokenizer
 
-        scorer_model, scorer_tok = load_model_and_tokenizer(cfg.treg_scorer, dtype=cfg.dtype,
-                                                            trust_remote_code=cfg.trust_remote_code)
+        scorer_model, scorer_tok = load_model_and_tokenizer(
+            cfg.treg_scorer, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        )
         name, scorer_fp = f"scorer {cfg.treg_scorer!r}", None
         check_same_tokenizer(tokenizer, scorer_tok, scorer_model, name)
         scorer_model.to(accelerator.device)
-    res = cached_token_rewards(scorer_model, tokenizer, pairs, cfg.treg_template, cfg.ref_batch_size,
-                               2 * cfg.max_length, accelerator, scorer_fp)
+    res = cached_token_rewards(
+        scorer_model,
+        tokenizer,
+        pairs,
+        cfg.treg_template,
+        cfg.ref_batch_size,
+        2 * cfg.max_length,
+        accelerator,
+        scorer_fp,
+    )
     if accelerator.is_main_process:
-        print(f"[alignlab] T-REG token rewards ({name}, template {cfg.treg_template}): "
-              f"{'cache hit' if res.cache_hit else f'computed in {res.forward_calls} forward calls'} ({res.path})")
+        print(
+            f"[alignlab] T-REG token rewards ({name}, template {cfg.treg_template}): "
+            f"{'cache hit' if res.cache_hit else f'computed in {res.forward_calls} forward calls'} ({res.path})"
+        )
     return res

@@ -11,6 +11,7 @@
 Cached artefacts (model, pairs, reference log-probs, token rewards, generations keyed by model fingerprint)
 make a second run faster; training itself always reruns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,17 +24,16 @@ import torch
 
 from alignlab.config import save_config
 from alignlab.eval.compare import base_row, breakdown_table, method_row
+from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
 from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
-from alignlab.losses import get_loss
 from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
+from alignlab.losses import get_loss
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
+from alignlab.recipes.train import TrainConfig, train
 from alignlab.rollout.cache import cached_generate
-from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
-from alignlab.rollout.onpolicy import build_onpolicy_pairs
-from alignlab.recipes.train import train
-from alignlab.recipes.train import TrainConfig
 from alignlab.rollout.generate import SamplingParams
+from alignlab.rollout.onpolicy import build_onpolicy_pairs
 from alignlab.task.gold import GoldReward
 from alignlab.task.prompts import balanced, load_task_prompts
 
@@ -45,8 +45,8 @@ class DemoConfig:
     seed: int = 0  # pairs and evaluation sampling
     threads: int = 0  # torch CPU threads; 0 = torch default
     # on-policy pairs (train prompts, balanced over the 12 categories)
-    train_prompts: int = 64
-    samples_per_prompt: int = 4
+    train_prompts: int = 48
+    samples_per_prompt: int = 3
     pair_max_new_tokens: int = 128  # the gold's whole length range fits (its "too long" side fires past 70 words)
     pair_temperature: float = 0.8
     gen_batch_size: int = 32
@@ -84,8 +84,11 @@ class DemoConfig:
         if not self.decoding:
             from alignlab.config import reject_unread
 
-            reject_unread(self, ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
-                          "no decoding methods are run (set decoding=...)")
+            reject_unread(
+                self,
+                ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
+                "no decoding methods are run (set decoding=...)",
+            )
         if not any(get_loss(m).token_level for m in self.methods):
             from alignlab.config import reject_unread
 
@@ -126,15 +129,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     prompts = _texts(eval_p)
 
     t = time.perf_counter()
-    pair_params = SamplingParams(cfg.pair_max_new_tokens, cfg.pair_temperature, 1.0, cfg.samples_per_prompt,
-                                 cfg.gen_batch_size, cfg.seed)
+    pair_params = SamplingParams(
+        cfg.pair_max_new_tokens, cfg.pair_temperature, 1.0, cfg.samples_per_prompt, cfg.gen_batch_size, cfg.seed
+    )
     pairs, _, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
     clock.add("pairs", t)
-    print(f"[demo] on-policy pairs: {prep.pairs} from {prep.prompts} prompts x {cfg.samples_per_prompt} samples "
-          f"({'cache hit' if prep.cache_hit else 'built'}; {prep.dropped_ties} prompts dropped as ties); "
-          f"gold chosen {prep.chosen_reward_mean:.3f} vs rejected {prep.rejected_reward_mean:.3f}")
+    print(
+        f"[demo] on-policy pairs: {prep.pairs} from {prep.prompts} prompts x {cfg.samples_per_prompt} samples "
+        f"({'cache hit' if prep.cache_hit else 'built'}; {prep.dropped_ties} prompts dropped as ties); "
+        f"gold chosen {prep.chosen_reward_mean:.3f} vs rejected {prep.rejected_reward_mean:.3f}"
+    )
 
-    eval_params = SamplingParams(cfg.eval_max_new_tokens, cfg.eval_temperature, 1.0, 1, cfg.gen_batch_size, cfg.seed + 1)
+    eval_params = SamplingParams(
+        cfg.eval_max_new_tokens, cfg.eval_temperature, 1.0, 1, cfg.gen_batch_size, cfg.seed + 1
+    )
     t = time.perf_counter()
     base_gens = cached_generate(model, tok, prompts, eval_params, fp, progress="eval base")
     base = result_from_generations("base", base_gens, gold, prompts, kl=[0.0] * len(base_gens))
@@ -166,11 +174,20 @@ def run_demo(cfg: DemoConfig) -> dict:
         clock.add("decoding", t)
     clock.parts["total"] = time.perf_counter() - clock.t0
     notes = _notes(cfg, prep, rows, train_info, clock.parts)
-    samples = [{"prompt": eval_p[i].instruction, "base": base.texts[i]}
-               | {m: r[0].texts[i] for m, r in per_seed.items()} for i in range(min(3, n))]
-    report = write_report(run_dir, rows, f"alignlab demo: preference optimisation on the embedded task "
-                          f"({cfg.eval_split} prompts)", notes, samples, decoding_rows=drows.rows if drows else None,
-                          decoding_notes=drows.notes if drows else None, breakdown=breakdown_table(rows))
+    samples = [
+        {"prompt": eval_p[i].instruction, "base": base.texts[i]} | {m: r[0].texts[i] for m, r in per_seed.items()}
+        for i in range(min(3, n))
+    ]
+    report = write_report(
+        run_dir,
+        rows,
+        f"alignlab demo: preference optimisation on the embedded task ({cfg.eval_split} prompts)",
+        notes,
+        samples,
+        decoding_rows=drows.rows if drows else None,
+        decoding_notes=drows.notes if drows else None,
+        breakdown=breakdown_table(rows),
+    )
     (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
     (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
     _dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
@@ -189,8 +206,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         for line in drows.notes:
             print("-", line)
     print(f"\nreport: {report}")
-    return {"rows": rows, "seed_rows": seed_rows, "decoding_rows": drows.rows if drows else [],
-            "timings": clock.parts, "report": str(report)}
+    return {
+        "rows": rows,
+        "seed_rows": seed_rows,
+        "decoding_rows": drows.rows if drows else [],
+        "timings": clock.parts,
+        "report": str(report),
+    }
 
 
 def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eval_params, gold, clock, keep=False):
@@ -198,28 +220,53 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
     treg = {"alpha": cfg.alpha} if "alpha" in get_loss(method).reads else {}  # only T-REG losses read alpha
-    tcfg = TrainConfig(model=cfg.model, loss=method, beta=cfg.beta, **treg, learning_rate=cfg.learning_rate,
-                       epochs=cfg.epochs, per_device_batch_size=cfg.per_device_batch_size, lora=True,
-                       lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_top_layers=cfg.lora_top_layers,
-                       gradient_checkpointing=False, seed=seed,
-                       output_dir=str(Path(cfg.output_dir) / f"train_{method}_seed{seed}"), report_to="tensorboard",
-                       max_length=512, max_prompt_length=256, cpu=True)
+    tcfg = TrainConfig(
+        model=cfg.model,
+        loss=method,
+        beta=cfg.beta,
+        **treg,
+        learning_rate=cfg.learning_rate,
+        epochs=cfg.epochs,
+        per_device_batch_size=cfg.per_device_batch_size,
+        lora=True,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_top_layers=cfg.lora_top_layers,
+        gradient_checkpointing=False,
+        seed=seed,
+        output_dir=str(Path(cfg.output_dir) / f"train_{method}_seed{seed}"),
+        report_to="tensorboard",
+        max_length=512,
+        max_prompt_length=256,
+        cpu=True,
+    )
     result = train(tcfg, model=model, tokenizer=tok, pairs=pairs)
     clock.add(f"train_{method}", t)
     t = time.perf_counter()
     policy = result.model
     fp = model_fingerprint(policy)
     gens = cached_generate(policy, tok, prompts, eval_params, fp, progress=f"eval {method} s{seed}")
-    res = result_from_generations(f"{method} s{seed}", gens, gold, prompts,
-                                  kl=_kl(policy, tok, gens, cfg.eval_temperature))
+    res = result_from_generations(
+        f"{method} s{seed}", gens, gold, prompts, kl=_kl(policy, tok, gens, cfg.eval_temperature)
+    )
     if cfg.eval_temperature != 1.0:  # the headline KL is at T = 1 on the policy's own T = 1 samples
-        t1 = cached_generate(policy, tok, prompts, dataclasses.replace(eval_params, temperature=1.0), fp,
-                             progress=f"T=1 samples {method} s{seed}")
+        t1 = cached_generate(
+            policy,
+            tok,
+            prompts,
+            dataclasses.replace(eval_params, temperature=1.0),
+            fp,
+            progress=f"T=1 samples {method} s{seed}",
+        )
         res.extra["kl_t1"] = _kl(policy, tok, t1, 1.0)
     clock.add("eval", t)
     last = result.metrics[-1]
-    info = {"steps": result.steps, "final_loss": last["loss"], "ref_cache_hit": result.ref_cache_hit,
-            "final_margin": last["rewards/margins"]}
+    info = {
+        "steps": result.steps,
+        "final_loss": last["loss"],
+        "ref_cache_hit": result.ref_cache_hit,
+        "final_margin": last["rewards/margins"],
+    }
     return res, info, (merged_copy(policy) if keep else None)
 
 
@@ -232,24 +279,35 @@ def _kl(policy, tok, gens, temperature: float) -> list[float]:
 
 
 def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold, aligned):
-    settings = DecodingEvalSettings(prompts=len(prompts), subset=cfg.decoding_subset,
-                                    max_new_tokens=cfg.decoding_max_new_tokens, seed=cfg.seed,
-                                    methods=tuple(cfg.decoding))
+    settings = DecodingEvalSettings(
+        prompts=len(prompts),
+        subset=cfg.decoding_subset,
+        max_new_tokens=cfg.decoding_max_new_tokens,
+        seed=cfg.seed,
+        methods=tuple(cfg.decoding),
+    )
     return decoding_rows(model.eval(), tok, _texts(prompts), gold, rollout_model=aligned, settings=settings)
 
 
 def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
-    notes = [f"{rows[0]['n_prompts']} {cfg.eval_split} prompts (balanced over categories), one sample each at "
-             f"temperature {cfg.eval_temperature} (sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new "
-             f"tokens; base cut by the budget: {100 * rows[0]['cut']:.0f}%; training seeds {cfg.seeds}"]
+    notes = [
+        f"{rows[0]['n_prompts']} {cfg.eval_split} prompts (balanced over categories), one sample each at "
+        f"temperature {cfg.eval_temperature} (sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new "
+        f"tokens; base cut by the budget: {100 * rows[0]['cut']:.0f}%; training seeds {cfg.seeds}"
+    ]
     for r in rows[1:]:
-        seeds = ("seed and prompt variance (two-level bootstrap)" if r["seed_variance_included"]
-                 else "prompt variance only: ONE seed, seed variance not included")
+        seeds = (
+            "seed and prompt variance (two-level bootstrap)"
+            if r["seed_variance_included"]
+            else "prompt variance only: ONE seed, seed variance not included"
+        )
         verdict = "exceeds" if r["exceeds_2se"] else "does NOT exceed"
-        notes.append(f"{r['method']}: Δgold vs base = {r['diff']:+.4f} ± {r['diff_se']:.4f} (95% CI "
-                     f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]; {seeds}) -> {verdict} 2 s.e.; largest "
-                     f"term: {r.get('breakdown_dominant', '-')}; win rate {r['win_rate']:.3f} ± {r['win_se']:.3f}; "
-                     f"cut by the budget {100 * r['cut']:.0f}%")
+        notes.append(
+            f"{r['method']}: Δgold vs base = {r['diff']:+.4f} ± {r['diff_se']:.4f} (95% CI "
+            f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]; {seeds}) -> {verdict} 2 s.e.; largest "
+            f"term: {r.get('breakdown_dominant', '-')}; win rate {r['win_rate']:.3f} ± {r['win_se']:.3f}; "
+            f"cut by the budget {100 * r['cut']:.0f}%"
+        )
     notes += [
         f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, "
         f"max {cfg.pair_max_new_tokens} new tokens, best vs worst by the gold), {prep.dropped_ties} tie "
@@ -268,8 +326,18 @@ def _dump_generations(run_dir: Path, prompts, *results: MethodResult) -> None:
     with open(run_dir / "generations.jsonl", "w") as fh:
         for res in results:
             for j, text in enumerate(res.texts):
-                fh.write(json.dumps({"method": res.name, "prompt_id": prompts[j].id, "text": text,
-                                     "gold": res.gold[j], "finished": res.finished[j]}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "method": res.name,
+                            "prompt_id": prompts[j].id,
+                            "text": text,
+                            "gold": res.gold[j],
+                            "finished": res.finished[j],
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def main(cfg: DemoConfig) -> None:

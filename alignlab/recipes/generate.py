@@ -11,6 +11,7 @@ docs/decoding.md). A key the chosen method does not read, set away from its defa
 (``GenerateConfig.validate``, before any model loads): which keys a method reads follows from its registry
 entry (alignlab.decoding.registry.DECODING).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,18 +27,54 @@ from alignlab.decoding.registry import DECODING, METHODS, DecodingSpec
 from alignlab.decoding.types import Cost
 
 # Keys every method reads.
-COMMON_KEYS = ("method", "model", "prompts", "limit", "output_dir", "reward", "dtype", "device", "threads",
-               "max_new_tokens", "batch_size", "seed", "stop_at_eos")
+COMMON_KEYS = (
+    "method",
+    "model",
+    "prompts",
+    "limit",
+    "output_dir",
+    "reward",
+    "dtype",
+    "device",
+    "threads",
+    "max_new_tokens",
+    "batch_size",
+    "seed",
+    "stop_at_eos",
+)
 # Keys that map 1:1 onto method parameters (read by the methods whose parameter class has the field);
 # None = the method's default.
-PARAM_KEYS = ("n", "return_all", "k", "w", "greedy", "temperature", "top_k", "top_p", "horizon", "rollouts",
-              "rollout_temperature", "rollout_top_p", "beta", "mode", "block_size", "num_blocks",
-              "block_temperature", "principle", "system_prompt", "ratio", "batched")
+PARAM_KEYS = (
+    "n",
+    "return_all",
+    "k",
+    "w",
+    "greedy",
+    "temperature",
+    "top_k",
+    "top_p",
+    "horizon",
+    "rollouts",
+    "rollout_temperature",
+    "rollout_top_p",
+    "beta",
+    "mode",
+    "block_size",
+    "num_blocks",
+    "block_temperature",
+    "principle",
+    "system_prompt",
+    "ratio",
+    "batched",
+)
 # Keys that serve one of a method's needs (DecodingSpec.needs); "reward" is a common key (every method's
 # outputs are scored with it).
 SCORER_TRAIN_KEYS = ("scorer_out", "cd_train_prompts", "cd_samples", "cd_max_new_tokens")  # only without scorer=
-NEED_KEYS = {"rollout_model": ("rollout_model",), "baseline_reward": ("baseline_reward",),
-             "scorer": ("scorer",) + SCORER_TRAIN_KEYS}
+NEED_KEYS = {
+    "rollout_model": ("rollout_model",),
+    "baseline_reward": ("baseline_reward",),
+    "scorer": ("scorer",) + SCORER_TRAIN_KEYS,
+}
 # Keys read by the methods with per-step diagnostics (DecodingSpec.step_diagnostics).
 STEP_KEYS = ("save_steps",)
 
@@ -56,7 +93,9 @@ def method_keys(spec: DecodingSpec) -> tuple[str, ...]:
 class GenerateConfig:
     method: str = "greedy"  # greedy | sample | best-of-n | args | cd | tq-direct | tq-indirect | linear
     model: str = "smollm2-135m-instruct"  # proposal / reference policy: alias, local dir or hub id
-    prompts: str = "task:test"  # .jsonl (prompt / instruction / messages) or .txt file, hf:..., task:test|validation|train
+    prompts: str = (
+        "task:test"  # .jsonl (prompt / instruction / messages) or .txt file, hf:..., task:test|validation|train
+    )
     limit: int = 0  # first N prompts (0 = all)
     output_dir: str = "runs/generate"  # run directory: config.yaml, outputs.jsonl, summary.json, report.md
     reward: str = "gold"  # gold | none | dir or hub id of a sequence-classification reward model
@@ -108,8 +147,10 @@ class GenerateConfig:
             v = getattr(self, f.name)
             if f.name not in reads and v != f.default:
                 own = ", ".join(method_keys(spec)) or "none"
-                raise ValueError(f"{f.name}={v!r} does not apply to method {self.method!r}; the keys it reads "
-                                 f"besides the common ones ({', '.join(COMMON_KEYS)}) are: {own}")
+                raise ValueError(
+                    f"{f.name}={v!r} does not apply to method {self.method!r}; the keys it reads "
+                    f"besides the common ones ({', '.join(COMMON_KEYS)}) are: {own}"
+                )
         no_reward = self.reward.lower() in ("", "none")
         if "reward" in spec.needs and no_reward:
             raise ValueError(f"{self.method} needs a reward (reward=gold or a reward model dir)")
@@ -122,14 +163,17 @@ class GenerateConfig:
         if self.scorer:  # a loaded scorer is not trained: the training keys would be ignored
             for key in SCORER_TRAIN_KEYS:
                 if getattr(self, key) != self.__dataclass_fields__[key].default:
-                    raise ValueError(f"{key}={getattr(self, key)!r} only applies when {self.method} trains a prefix "
-                                     f"scorer; scorer={self.scorer!r} loads one")
+                    raise ValueError(
+                        f"{key}={getattr(self, key)!r} only applies when {self.method} trains a prefix "
+                        f"scorer; scorer={self.scorer!r} loads one"
+                    )
         self.method_params()
 
     def method_params(self) -> dict:
         """decode()'s parameter keywords (validated): the common ones and the method keys that are set."""
-        kw = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed,
-                  stop_at_eos=self.stop_at_eos)
+        kw = dict(
+            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed, stop_at_eos=self.stop_at_eos
+        )
         kw.update({k: getattr(self, k) for k in PARAM_KEYS if getattr(self, k) is not None})
         DECODING[self.method].make_params(**kw)
         return kw
@@ -170,8 +214,9 @@ def main(cfg: GenerateConfig) -> dict:
         if cfg.rollout_model == "base":
             kw["rollout_model"] = model
         else:
-            kw["rollout_model"], kw["rollout_tokenizer"] = load_model_and_tokenizer(cfg.rollout_model, dtype=cfg.dtype,
-                                                                                    device=device)
+            kw["rollout_model"], kw["rollout_tokenizer"] = load_model_and_tokenizer(
+                cfg.rollout_model, dtype=cfg.dtype, device=device
+            )
     if "baseline_reward" in spec.needs:
         kw["baseline_reward"] = load_reward(cfg.baseline_reward)
     scorer_report = None
@@ -201,8 +246,16 @@ def _scorer(cfg: GenerateConfig, model, tok, reward):
     if cfg.scorer:
         return PrefixScorer.load(cfg.scorer), {"loaded": cfg.scorer}
     train = [p.instruction for p in load_task_prompts("train")[: cfg.cd_train_prompts]]
-    scorer, report = train_prefix_scorer(model, tok, train, reward, samples_per_prompt=cfg.cd_samples,
-                                         max_new_tokens=cfg.cd_max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    scorer, report = train_prefix_scorer(
+        model,
+        tok,
+        train,
+        reward,
+        samples_per_prompt=cfg.cd_samples,
+        max_new_tokens=cfg.cd_max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
     print(f"[generate] prefix scorer: {json.dumps(report)}")
     if cfg.scorer_out:
         scorer.save(cfg.scorer_out)
@@ -215,11 +268,17 @@ def _summary(cfg, outs, decode_s, total_s, scorer_report) -> dict:
     for o in outs:
         tot.add(o.cost)
     rewards = [o.reward for o in outs if o.reward is not None]
-    s = {"method": cfg.method, "prompts": n, "new_tokens": tot.new_tokens,
-         "finished": sum(o.finished for o in outs) / max(n, 1),
-         "mean_reward": sum(rewards) / len(rewards) if rewards else None, "reward": cfg.reward,
-         "per_token": tot.per_token(),
-         "decode_seconds": decode_s, "total_seconds": total_s}
+    s = {
+        "method": cfg.method,
+        "prompts": n,
+        "new_tokens": tot.new_tokens,
+        "finished": sum(o.finished for o in outs) / max(n, 1),
+        "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+        "reward": cfg.reward,
+        "per_token": tot.per_token(),
+        "decode_seconds": decode_s,
+        "total_seconds": total_s,
+    }
     if scorer_report:
         s["scorer"] = scorer_report
     return s

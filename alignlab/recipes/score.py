@@ -21,7 +21,9 @@ from alignlab.rewards import load_reward
 
 @dataclass
 class ScoreConfig:
-    reward: str = "gold"  # gold (= the current gold version) | gold-v1 | gold-v2 | dir or hub id of a sequence-classification RM
+    reward: str = (
+        "gold"  # gold (= the current gold version) | gold-v1 | gold-v2 | dir or hub id of a sequence-classification RM
+    )
     input: str = ""  # JSONL(.gz) with prompt, response and optional finished
     output_dir: str = "runs/score"
     limit: int = 0  # first N rows (0 = all)
@@ -78,9 +80,20 @@ def main(cfg: ScoreConfig) -> dict:
     summary |= summarize(totals, terms)
     with open(out_dir / "scores.jsonl", "w") as fh:
         for r, t, k in zip(rows, totals, terms):
-            fh.write(json.dumps({"source": r.source, "prompt": r.prompt, "response": r.response,
-                                 "finished": r.finished, "reward": t} | {f"term/{n}": v[0] for n, v in k.items()},
-                                ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "source": r.source,
+                        "prompt": r.prompt,
+                        "response": r.response,
+                        "finished": r.finished,
+                        "reward": t,
+                    }
+                    | {f"term/{n}": v[0] for n, v in k.items()},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "report.md").write_text(_report(summary))
     print(_report(summary))
@@ -88,9 +101,13 @@ def main(cfg: ScoreConfig) -> dict:
 
 
 def _report(s: dict) -> str:
-    lines = [f"# alignlab score: {s['reward_name']} on {s['input']} ({s['n']} rows)", "",
-             "| quantity | mean | ± s.e. | weighted contribution |", "|---|---|---|---|",
-             f"| reward | {s['reward']:.4f} | {s['reward_se']:.4f} | |"]
+    lines = [
+        f"# alignlab score: {s['reward_name']} on {s['input']} ({s['n']} rows)",
+        "",
+        "| quantity | mean | ± s.e. | weighted contribution |",
+        "|---|---|---|---|",
+        f"| reward | {s['reward']:.4f} | {s['reward_se']:.4f} | |",
+    ]
     for k in [k for k in s if k.startswith("term/") and not k.endswith("_se")]:
         name = k.split("/", 1)[1]
         c = s.get(f"contribution/{name}")

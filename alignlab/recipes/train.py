@@ -107,8 +107,12 @@ class TrainConfig:
         spec = get_loss(self.loss)
         for key in sorted(set(LOSS_KEYS) - set(spec.reads)):
             readers = [n for n, s in LOSSES.items() if key in s.reads]
-            reject_unread(self, [key], f"loss={self.loss} does not read it (it reads beta, sft_weight, "
-                          f"{', '.join(spec.reads)}); losses that read {key}: {', '.join(readers)}")
+            reject_unread(
+                self,
+                [key],
+                f"loss={self.loss} does not read it (it reads beta, sft_weight, "
+                f"{', '.join(spec.reads)}); losses that read {key}: {', '.join(readers)}",
+            )
         if not self.lora:
             reject_unread(self, LORA_KEYS, "lora=false does not read the LoRA keys")
         if self.max_steps > 0:
@@ -139,8 +143,9 @@ class TrainConfig:
         return {"beta": self.resolved_beta} | {k: getattr(self, k) for k in get_loss(self.loss).reads}
 
     def step_settings(self) -> step_lib.StepSettings:
-        return step_lib.StepSettings(get_loss(self.loss), self.loss_params(), self.reference_free, self.sft_weight,
-                                     self.max_grad_norm)
+        return step_lib.StepSettings(
+            get_loss(self.loss), self.loss_params(), self.reference_free, self.sft_weight, self.max_grad_norm
+        )
 
     @property
     def global_batch(self) -> int:
@@ -158,21 +163,26 @@ class TrainResult:
     treg_cache_hit: bool = False  # T-REG token rewards loaded from the cache (token-level losses only)
 
 
-
 def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
-    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
 
 def _check_enough(cfg: TrainConfig, n: int, world: int, what: str) -> None:
     """Stop with the file and the counts when the data cannot fill one global batch."""
     g = cfg.global_batch * world
     if n < g:
-        raise ConfigError(f"{cfg.data}: {what}: {n} usable pair(s) cannot fill one global batch of {g} "
-                          f"(per_device_batch_size {cfg.per_device_batch_size} x grad_accum {cfg.grad_accum} x "
-                          f"{world} process(es))")
+        raise ConfigError(
+            f"{cfg.data}: {what}: {n} usable pair(s) cannot fill one global batch of {g} "
+            f"(per_device_batch_size {cfg.per_device_batch_size} x grad_accum {cfg.grad_accum} x "
+            f"{world} process(es))"
+        )
 
 
 def read_records(cfg: TrainConfig, world: int = 1):
@@ -185,15 +195,22 @@ def read_records(cfg: TrainConfig, world: int = 1):
     return records, report
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, records=None, load_report=None,
-                 world: int = 1) -> tuple[list[TokenizedPair], dict]:
+def prepare_data(
+    cfg: TrainConfig, tokenizer, records=None, load_report=None, world: int = 1
+) -> tuple[list[TokenizedPair], dict]:
     if records is None:
         records, load_report = read_records(cfg, world)
     pairs, tok_report = tokenize_pairs(records, tokenizer, cfg.max_length, cfg.max_prompt_length)
     _check_enough(cfg, len(pairs), world, f"after tokenization ({tok_report.summary()})")
-    info = {"load": {"read": load_report.read, "kept": load_report.kept, "skipped": load_report.skipped,
-                     "skipped_examples": load_report.examples},
-            "tokenize": tok_report.as_metrics() | {"dropped_sources": tok_report.dropped_sources[:20]}}
+    info = {
+        "load": {
+            "read": load_report.read,
+            "kept": load_report.kept,
+            "skipped": load_report.skipped,
+            "skipped_examples": load_report.examples,
+        },
+        "tokenize": tok_report.as_metrics() | {"dropped_sources": tok_report.dropped_sources[:20]},
+    }
     return pairs, info
 
 
@@ -214,8 +231,9 @@ def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id):
             print(f"[alignlab] {format_diagnostics(diag)}")
     if needs_ref:
         key = reference_key(pairs, model_fp, cfg.dtype)
-        ref_table, ref_hit, ref_path = reference_logps(accelerator, SequenceScorer(model), pairs, pad_id, key,
-                                                       cfg.ref_batch_size)
+        ref_table, ref_hit, ref_path = reference_logps(
+            accelerator, SequenceScorer(model), pairs, pad_id, key, cfg.ref_batch_size
+        )
         if accelerator.is_main_process:
             print(f"[alignlab] reference log-probs: {'cache hit' if ref_hit else 'computed'} ({ref_path})")
     return ref_table, ref_hit, token_table, treg_hit
@@ -224,8 +242,14 @@ def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id):
 def _wrap(cfg: TrainConfig, model):
     if cfg.lora:
         targets = cfg.lora_target if cfg.lora_target == "all-linear" else cfg.lora_target.split(",")
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets,
-                           top_layers=cfg.lora_top_layers)
+        model = apply_lora(
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            target_modules=targets,
+            top_layers=cfg.lora_top_layers,
+        )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -237,8 +261,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     """Run the recipe. ``model``/``tokenizer``/``pairs`` may be passed in (tests, demo) instead of loaded."""
     cfg.validate()
     run_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(cpu=cfg.cpu, log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=str(run_dir))
+    accelerator = Accelerator(
+        cpu=cfg.cpu, log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(run_dir)
+    )
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
     records = report = None
@@ -257,10 +282,17 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     ref_table, ref_hit, token_table, treg_hit = _precompute(cfg, accelerator, model, tokenizer, pairs, pad_id)
 
     model = _wrap(cfg, model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    plan = BatchPlan(len(pairs), cfg.per_device_batch_size, cfg.grad_accum, accelerator.num_processes, cfg.seed,
-                     [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs])
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    plan = BatchPlan(
+        len(pairs),
+        cfg.per_device_batch_size,
+        cfg.grad_accum,
+        accelerator.num_processes,
+        cfg.seed,
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
+    )
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * plan.steps_per_epoch
     scheduler = _build_scheduler(cfg, optimizer, total_steps)
     scorer, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
@@ -275,19 +307,31 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         accelerator.init_trackers("tb")
     logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
     if is_main:
-        print(f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, "
-              f"global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
-              f"({plan.dropped_per_epoch} pairs/epoch left over), {total_steps} steps")
+        print(
+            f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, "
+            f"global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
+            f"({plan.dropped_per_epoch} pairs/epoch left over), {total_steps} steps"
+        )
     settings = cfg.step_settings()
     history: list[dict] = []
     last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
     bar = _progress(is_main, start_step, total_steps)
     for step in range(start_step, last_step):
         t0 = time.perf_counter()
-        out = step_lib.train_step(settings, accelerator, scorer, optimizer, scheduler, plan, pairs, ref_table, pad_id,
-                                  step, token_rewards=token_table)
-        record = step_metrics(out.stats, out.grad_norm, step + 1, scheduler.get_last_lr()[0],
-                              time.perf_counter() - t0)
+        out = step_lib.train_step(
+            settings,
+            accelerator,
+            scorer,
+            optimizer,
+            scheduler,
+            plan,
+            pairs,
+            ref_table,
+            pad_id,
+            step,
+            token_rewards=token_table,
+        )
+        record = step_metrics(out.stats, out.grad_norm, step + 1, scheduler.get_last_lr()[0], time.perf_counter() - t0)
         history.append(record)
         if (step + 1) % cfg.logging_steps == 0 or step + 1 == last_step:
             logger.log(record)

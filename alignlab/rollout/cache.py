@@ -2,6 +2,7 @@
 
 The fingerprint covers every weight (LoRA adapters included), so a changed model never hits a stale entry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,10 +13,12 @@ from alignlab.models.loading import cache_dir, tokenizer_fingerprint
 from alignlab.rollout.generate import Generation, SamplingParams, generate
 
 
-def cached_generate(model, tokenizer, prompts: list[str], params: SamplingParams, model_fp: str,
-                    progress: str | None = None) -> list[Generation]:
-    blob = json.dumps({"m": model_fp, "t": tokenizer_fingerprint(tokenizer), "p": prompts, "s": asdict(params)},
-                      sort_keys=True)
+def cached_generate(
+    model, tokenizer, prompts: list[str], params: SamplingParams, model_fp: str, progress: str | None = None
+) -> list[Generation]:
+    blob = json.dumps(
+        {"m": model_fp, "t": tokenizer_fingerprint(tokenizer), "p": prompts, "s": asdict(params)}, sort_keys=True
+    )
     path = cache_dir() / "generations" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.jsonl"
     if path.exists():
         return [Generation(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

@@ -7,6 +7,7 @@ exact prompt and completion ids, so scores are computed on the ids that were sam
 text). Every sample has its own random stream seeded from (seed, batch start, row), so the draws do not depend
 on which other rows finished first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,14 @@ class SamplingParams:
     seed: int = 0
 
 
-def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, max_prompt_length: int = 512,
-             progress: str | None = None) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    params: SamplingParams,
+    max_prompt_length: int = 512,
+    progress: str | None = None,
+) -> list[Generation]:
     """Sample ``num_samples`` completions per prompt; output order: prompt-major, sample-minor.
 
     Rows are cut into batches of ``batch_size`` in that order; a prompt longer than ``max_prompt_length``
@@ -55,8 +62,17 @@ def generate(model, tokenizer, prompts: list[Text], params: SamplingParams, max_
     out: list[Generation] = []
     for start in starts:
         chunk = jobs[start : start + params.batch_size]
-        outs = decode(model, tokenizer, [prompts[i] for i in chunk], method, max_new_tokens=params.max_new_tokens,
-                      batch_size=len(chunk), seed=params.seed * 1000003 + start, diagnostics=False,
-                      max_prompt_length=max_prompt_length, **kw)
+        outs = decode(
+            model,
+            tokenizer,
+            [prompts[i] for i in chunk],
+            method,
+            max_new_tokens=params.max_new_tokens,
+            batch_size=len(chunk),
+            seed=params.seed * 1000003 + start,
+            diagnostics=False,
+            max_prompt_length=max_prompt_length,
+            **kw,
+        )
         out += [Generation(i, o.prompt_ids, o.completion_ids, o.text, o.finished) for i, o in zip(chunk, outs)]
     return out

@@ -5,6 +5,7 @@ the wheel, so nothing is downloaded at run time (works with ``HF_HUB_OFFLINE=1``
 plain ``transformers`` and reproduce the sentence-transformers recipe of that model by hand:
 mean pooling over non-pad tokens, then L2 normalisation, max 256 word pieces.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,9 +54,9 @@ class SentenceEmbedder:
         return out
 
     def _embed_batch(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        ).to(self.device)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(
+            self.device
+        )
         hidden = self.model(**enc).last_hidden_state  # [B, T, 384]
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         # Mean over real tokens only: pads must not dilute the average.

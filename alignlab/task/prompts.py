@@ -31,6 +31,7 @@ picked iff ``floor((k+1)*m/n) > floor(k*m/n)`` (exactly m of n items, evenly spa
 The old split name ``"eval"`` is gone: ``load_task_prompts("eval")`` raises a ValueError pointing to
 ``"test"`` (reported numbers) or ``"validation"`` (tuning).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,19 +41,31 @@ from importlib import resources
 
 SPLITS = ("train", "validation", "test")
 CATEGORIES = (
-    "explanation", "how_to", "definition", "comparison", "tips", "summary",
-    "rewrite", "brainstorm", "reasoning", "writing", "science", "history_geography",
+    "explanation",
+    "how_to",
+    "definition",
+    "comparison",
+    "tips",
+    "summary",
+    "rewrite",
+    "brainstorm",
+    "reasoning",
+    "writing",
+    "science",
+    "history_geography",
 )
-PER_CATEGORY = 50           # prompts per category in the packaged file
-V1_PER_CATEGORY = 30        # the original block of each category (ids p0001-p0360)
+PER_CATEGORY = 50  # prompts per category in the packaged file
+V1_PER_CATEGORY = 30  # the original block of each category (ids p0001-p0360)
 TEST_PER_CATEGORY = 13
 VALIDATION_PER_CATEGORY = 8
 TRAIN_PER_CATEGORY = PER_CATEGORY - TEST_PER_CATEGORY - VALIDATION_PER_CATEGORY  # 29
-_V1_VALIDATION = 5          # validation prompts drawn from the v1 block; the other 3 from v2
+_V1_VALIDATION = 5  # validation prompts drawn from the v1 block; the other 3 from v2
 _V1_TOTAL, _V1_EVAL = 360, 80  # the v1 file and its eval count (the v1 rule)
 _FIELDS = ("id", "category", "instruction", "split")
-_RETIRED = {"eval": "the 'eval' split was replaced: use 'test' for reported numbers or 'validation' "
-                    "for tuning (hyperparameters, checkpoint choice); see docs/task_prompts.md"}
+_RETIRED = {
+    "eval": "the 'eval' split was replaced: use 'test' for reported numbers or 'validation' "
+    "for tuning (hyperparameters, checkpoint choice); see docs/task_prompts.md"
+}
 
 
 @dataclass(frozen=True)

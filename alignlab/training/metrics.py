@@ -6,6 +6,7 @@ margin is exactly 0; `rewards/ties` reports that case. `kl/ref_policy` = mean ov
 log pi_ref - log pi_theta (summed): an unbiased estimate of KL(pi_ref || pi_theta) per response when the
 responses are samples from pi_ref (on-policy pairs, as in the demo); otherwise only a drift indicator.
 """
+
 from __future__ import annotations
 
 import json

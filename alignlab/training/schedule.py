@@ -6,6 +6,7 @@ world x grad_accum x per_device pairs. Within a global batch, pairs are sorted b
 cut into micro-batches (less padding; the gradient of the step does not depend on the split, docs/conventions.md R7).
 The incomplete tail of each epoch is dropped and counted (every rank must run the same number of steps).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -62,10 +62,18 @@ class PairStats:
     @classmethod
     def of(cls, obj: ObjectiveOut, p: PairLogps) -> "PairStats":
         gap = p.ref_chosen is not None
-        return cls(obj.losses.detach(), obj.chosen_rewards, obj.rejected_rewards, p.chosen.detach(),
-                   p.rejected.detach(), p.chosen_len.float(), p.rejected_len.float(),
-                   (p.ref_chosen - p.chosen).detach() if gap else None,
-                   (p.ref_rejected - p.rejected).detach() if gap else None, dict(obj.extras))
+        return cls(
+            obj.losses.detach(),
+            obj.chosen_rewards,
+            obj.rejected_rewards,
+            p.chosen.detach(),
+            p.rejected.detach(),
+            p.chosen_len.float(),
+            p.rejected_len.float(),
+            (p.ref_chosen - p.chosen).detach() if gap else None,
+            (p.ref_rejected - p.rejected).detach() if gap else None,
+            dict(obj.extras),
+        )
 
     @classmethod
     def cat(cls, parts: list["PairStats"]) -> "PairStats":
@@ -78,6 +86,7 @@ class PairStats:
 
     def gather(self, accelerator) -> "PairStats":
         """Every rank's pairs, on the CPU (a collective: all ranks must call it)."""
+
         def g(t):
             return None if t is None else accelerator.gather(t).cpu()
 
@@ -97,8 +106,17 @@ def pair_logps(out, n: int, ref: torch.Tensor | None) -> PairLogps:
     return PairLogps(s[:n], s[n:], c[:n], c[n:], None if ref is None else ref[:n], None if ref is None else ref[n:])
 
 
-def accumulate_gradients(settings: StepSettings, accelerator, scorer, plan: BatchPlan, pairs: list[TokenizedPair],
-                         ref_table, pad_id: int, step: int, token_rewards=None) -> tuple[PairStats, list]:
+def accumulate_gradients(
+    settings: StepSettings,
+    accelerator,
+    scorer,
+    plan: BatchPlan,
+    pairs: list[TokenizedPair],
+    ref_table,
+    pad_id: int,
+    step: int,
+    token_rewards=None,
+) -> tuple[PairStats, list]:
     """Forward/backward over this rank's micro-batches of one step (no optimizer step).
 
     Returns this rank's per-pair stats and the sources of any micro-batch whose loss was not finite.
@@ -115,8 +133,9 @@ def accumulate_gradients(settings: StepSettings, accelerator, scorer, plan: Batc
         raise ValueError(f"loss {settings.spec.name!r} needs token rewards (alignlab.precompute.token_rewards)")
     stats, bad_local = [], []
     for j, idx in enumerate(micro):
-        batch = collate_pairs([pairs[i] for i in idx], idx, pad_id, ref_table,
-                              token_rewards if token_level else None).to(accelerator.device)
+        batch = collate_pairs(
+            [pairs[i] for i in idx], idx, pad_id, ref_table, token_rewards if token_level else None
+        ).to(accelerator.device)
         sync = j == len(micro) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(scorer):
             out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
@@ -133,11 +152,23 @@ def accumulate_gradients(settings: StepSettings, accelerator, scorer, plan: Batc
     return PairStats.cat(stats), bad_local
 
 
-def train_step(settings: StepSettings, accelerator, scorer, optimizer, scheduler, plan: BatchPlan,
-               pairs: list[TokenizedPair], ref_table, pad_id: int, step: int, token_rewards=None) -> StepOut:
+def train_step(
+    settings: StepSettings,
+    accelerator,
+    scorer,
+    optimizer,
+    scheduler,
+    plan: BatchPlan,
+    pairs: list[TokenizedPair],
+    ref_table,
+    pad_id: int,
+    step: int,
+    token_rewards=None,
+) -> StepOut:
     """One optimizer step; returns the per-pair stats gathered from every rank and the gradient norm."""
-    stats, bad_local = accumulate_gradients(settings, accelerator, scorer, plan, pairs, ref_table, pad_id, step,
-                                            token_rewards=token_rewards)
+    stats, bad_local = accumulate_gradients(
+        settings, accelerator, scorer, plan, pairs, ref_table, pad_id, step, token_rewards=token_rewards
+    )
     clip = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
     grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), clip)
     if not torch.isfinite(torch.as_tensor(grad_norm)):
@@ -146,7 +177,8 @@ def train_step(settings: StepSettings, accelerator, scorer, optimizer, scheduler
         raise NonFiniteLossError(
             f"non-finite loss/gradient at step {step + 1} (global batch of {len(global_idx)} pairs, dataset indices "
             f"{global_idx[:16]}{'...' if len(global_idx) > 16 else ''}); offending micro-batches on rank "
-            f"{accelerator.process_index}: {bad_local[:2]}. The last checkpoint is intact.")
+            f"{accelerator.process_index}: {bad_local[:2]}. The last checkpoint is intact."
+        )
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
