@@ -11,8 +11,6 @@ import os
 import pickle
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from launch import launch, write_pairs
 
 import alignlab.training.checkpoint as C
 from alignlab.training.checkpoint import CheckpointError, find_resume_dir, load_checkpoint, save_checkpoint
@@ -305,74 +304,9 @@ def test_register_for_checkpointing_is_refused(tmp_path):
 # ---------------------------------------------------------------- 2 ranks: 20 saves, 20 resumes
 
 
-def _write_pairs(path: Path, n: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
-
-    def text(k):
-        return " ".join(rng.choice(words) for _ in range(k))
-
-    rows = [
-        {
-            "prompt": f"q{i} " + text(rng.randint(1, 4)),
-            "chosen": text(rng.randint(1, 6)),
-            "rejected": text(rng.randint(1, 6)),
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out: Path, *worker_args: str, timeout_s: int = 240) -> subprocess.CompletedProcess:
-    """2 gloo ranks (`--multi_gpu` + Accelerator(cpu=True); see tests/test_distributed.py); the whole process
-    group is killed on timeout so a hung rank never outlives the test."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        ALIGNLAB_CACHE=str(out / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = [
-        str(ACCELERATE),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(WORKER),
-        "--out",
-        str(out),
-        *worker_args,
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        stdout, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"2-rank checkpoint run hung (> {timeout_s}s):\n{stdout[-4000:]}")
-    (out / "log.txt").write_text(stdout)
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout)
+    """2 gloo ranks of the checkpoint worker (tests/launch.py)."""
+    return launch(WORKER, ["--out", str(out), *worker_args], out, 2, timeout_s)
 
 
 @pytest.mark.slow
@@ -384,7 +318,7 @@ def test_two_ranks_save_every_step_and_resume_from_each(tmp_path):
 
     steps = 20
     model = save_tiny(tmp_path / "tiny_model", seed=5)
-    data = _write_pairs(tmp_path / "pairs.jsonl", 16, seed=2)
+    data = write_pairs(tmp_path / "pairs.jsonl", 16, seed=2)
     t0 = time.perf_counter()
     cp = _launch(tmp_path, "--model", str(model), "--data", str(data), "--steps", str(steps))
     print(f"2-rank checkpoint run: {time.perf_counter() - t0:.1f}s rc={cp.returncode}")

@@ -9,11 +9,7 @@ world=1). `--multi_gpu --num_processes 2` goes through torchrun and, with TrainC
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import launch, write_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -68,31 +65,6 @@ COMPARED = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write_pairs(path: Path, n: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
-
-    def text(k):
-        return " ".join(rng.choice(words) for _ in range(k))
-
-    rows = [
-        {
-            "prompt": f"q{i} " + text(rng.randint(1, 4)),
-            "chosen": text(rng.randint(1, 6)),
-            "rejected": text(rng.randint(1, 6)),
-        }
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from tiny_models import save_tiny
@@ -100,63 +72,19 @@ def assets(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist_assets")
     return {
         "model": save_tiny(d / "tiny_model", seed=5),
-        "data8": _write_pairs(d / "p8.jsonl", 8),
-        "data11": _write_pairs(d / "p11.jsonl", 11, seed=1),
-        "data16": _write_pairs(d / "p16.jsonl", 16, seed=2),
+        "data8": write_pairs(d / "p8.jsonl", 8),
+        "data11": write_pairs(d / "p11.jsonl", 11, seed=1),
+        "data16": write_pairs(d / "p16.jsonl", 16, seed=2),
     }
 
 
 def _run(out: Path, model: Path, data: Path, nproc: int, *worker_args: str) -> subprocess.CompletedProcess:
-    """Run the worker (1: plain python; 2: accelerate launch); own reference cache per run; kills the whole
-    process group on timeout so a hung rank never outlives the test."""
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        ALIGNLAB_CACHE=str(out / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    wargs = ["--model", str(model), "--data", str(data), "--out", str(out), *worker_args]
-    if nproc == 1:
-        cmd = [sys.executable, str(WORKER), *wargs]
-    else:
-        cmd = [
-            str(ACCELERATE),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(nproc),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            str(WORKER),
-            *wargs,
-        ]
+    """Run the worker (1: plain python; 2: accelerate launch) with its own reference cache."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        stdout, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"{nproc}-process run hung (> {TIMEOUT_S}s):\n{stdout[-4000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    (out / "log.txt").write_text(stdout)
-    print(f"{nproc}-process run {' '.join(worker_args)}: {time.perf_counter() - t0:.1f}s rc={proc.returncode}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout)
+    args = ["--model", str(model), "--data", str(data), "--out", str(out), *worker_args]
+    cp = launch(WORKER, args, out, nproc, TIMEOUT_S)
+    print(f"{nproc}-process run {' '.join(worker_args)}: {time.perf_counter() - t0:.1f}s rc={cp.returncode}")
+    return cp
 
 
 def _result(out: Path, cp: subprocess.CompletedProcess, world: int) -> tuple[dict, dict]:
