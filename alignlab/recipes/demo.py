@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import save_config
+from alignlab.config import reject_unread, save_config
 from alignlab.eval.compare import base_row, breakdown_table, method_row
 from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
 from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
@@ -82,16 +82,12 @@ class DemoConfig:
         if self.eval_split not in ("test", "validation"):
             raise ValueError(f"eval_split must be test (reported) or validation (tuning), got {self.eval_split!r}")
         if not self.decoding:
-            from alignlab.config import reject_unread
-
             reject_unread(
                 self,
                 ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
                 "no decoding methods are run (set decoding=...)",
             )
         if not any(get_loss(m).token_level for m in self.methods):
-            from alignlab.config import reject_unread
-
             reject_unread(self, ["alpha"], "no T-REG method is trained (methods=... has no dpo_treg/simpo_treg)")
         unknown = sorted(set(self.decoding) - set(ALL_METHODS))
         if unknown:

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.config import ConfigError, save_config
 from alignlab.data.formats import load_scored_rows
+from alignlab.eval.harness import mean_se
 from alignlab.rewards import load_reward
 
 
@@ -38,13 +38,6 @@ class ScoreConfig:
             raise ConfigError("batch_size must be >= 1 and limit >= 0")
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    var = sum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return m, math.sqrt(var / n)
-
-
 def _score_batch(reward, rows) -> tuple[list[float], list[dict]]:
     prompts, responses = [r.prompt for r in rows], [r.response for r in rows]
     finished = None if all(r.finished is None for r in rows) else [bool(r.finished) for r in rows]
@@ -59,9 +52,9 @@ def summarize(totals: list[float], terms: list[dict]) -> dict:
     """Mean ± s.e. over rows of the reward, of each raw term, and the mean signed contribution of each term
     (the contributions add up to the mean reward)."""
     out = {"n": len(totals)}
-    out["reward"], out["reward_se"] = _mean_se(totals)
+    out["reward"], out["reward_se"] = mean_se(totals)
     for k in terms[0] if terms and terms[0] else []:
-        out[f"term/{k}"], out[f"term/{k}_se"] = _mean_se([t[k][0] for t in terms])
+        out[f"term/{k}"], out[f"term/{k}_se"] = mean_se([t[k][0] for t in terms])
         out[f"contribution/{k}"] = sum(t[k][1] for t in terms) / len(terms)
     return out
 
