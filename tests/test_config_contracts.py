@@ -24,6 +24,7 @@ NO_MODEL = "/nonexistent/model/dir"
         ("gamma_beta_ratio=0.5", "ipo"),
         ("ipo_reduction=sum", "dpo"),
         ("treg_template=generation", "simpo"),
+        ("treg_tau=0.5", "dpo"),
         ("length_alpha=0.1", "cdpo"),
         ("reference_free=true", "simpo"),
     ],
@@ -52,6 +53,7 @@ def test_every_read_key_is_accepted(loss):
         "treg_template": "generation",
         "treg_scorer": "x",
         "treg_weighting": "static",
+        "treg_tau": "0.5",
     }
     spec = get_loss(loss)
     over = [f"loss={loss}"] + [f"{k}={values[k]}" for k in spec.reads]

@@ -1,6 +1,7 @@
 """`alignlab generate` and the harness rows on tiny models (no downloads)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -179,7 +180,17 @@ def test_decoding_rows_smoke():
     m = tiny_causal_lm(tok, seed=0)
     rew = FunctionReward(lambda p, r: r.count("e") / (1 + len(r)), "e-share")
     s = DecodingEvalSettings(
-        prompts=3, subset=2, max_new_tokens=4, k=3, n=2, horizon=2, indirect_horizon=2, cd_train_prompts=3, cd_samples=2
+        prompts=3,
+        subset=2,
+        max_new_tokens=4,
+        k=3,
+        n=2,
+        horizon=2,
+        indirect_horizon=2,
+        cd_train_prompts=3,
+        cd_samples=2,
+        cd_check_prompts=2,
+        cd_check_rollouts=2,
     )
     res = decoding_rows(
         m,
@@ -187,23 +198,43 @@ def test_decoding_rows_smoke():
         ["alpha", "beta gamma", "delta"],
         rew,
         rollout_model=tiny_causal_lm(tok, seed=1),
+        indirect_model=tiny_causal_lm(tok, seed=2),
         baseline_reward=rew,
         settings=s,
         embedder=FakeEmbedder(),
     )
     names = [r["method"] for r in res.rows]
-    assert names[0] == "greedy" and len(names) == 8
+    # every method once, and Linear Alignment beside its ratio = 0 control (the principle prompt alone)
+    assert names[0] == "greedy" and len(names) == 10  # cd: tokenwise and blockwise
+    assert names[-2:] == ["linear ratio=0 (principle prompt only: control)", "linear ratio=3"]
     for r in res.rows:
-        for key in ("gold", "win_rate", "diversity", "coherence", "ms_per_token", "kl_kind", "prompts_note"):
+        for key in ("gold", "win_rate", "diversity", "coherence", "ms_per_token", "kl_kind", "prompts_note", "guide"):
             assert key in r
+    # the guide column says when the guiding reward is the judge itself
+    assert {r["guide"] for r in res.rows if r["method"].startswith(("args", "best-of", "tq-"))} == {
+        "gold (= the judge)"
+    }
     assert res.rows[0]["win_rate"] == 0.5
     assert any("first 2 of 3" in r["prompts_note"] for r in res.rows)
-    assert res.rows == list(res) and res.notes and set(res.timings) >= {"greedy", "cd_train"}
+    assert res.rows == list(res) and res.notes and set(res.timings) >= {"greedy", "cd_train", "cd_check"}
+    cds = [r for r in res.rows if r["method"].startswith("cd")]
+    assert [r["method"].split()[1] for r in cds] == ["tokenwise", "blockwise"]
+    tau = cds[0]["cd_ranking_tau"]  # nan when every candidate's return ties (a toy reward can be flat)
+    assert (math.isnan(tau) or -1.0 <= tau <= 1.0) and any("within-state ranking" in n for n in res.notes)
+    # without a baseline policy aligned to r_BL the tq-indirect row is dropped, and the notes say why
+    res2 = decoding_rows(m, tok, ["alpha", "beta"], rew, methods=["tq-indirect"], settings=s, embedder=FakeEmbedder())
+    assert [r["method"] for r in res2.rows] == ["greedy"] and any("row dropped" in n for n in res2.notes)
     # the demo's call: positional prompts + gold, methods / max_new_tokens / seed overrides; rows extend a list
     rows = [{"method": "base"}]
     rows += decoding_rows(
         m, tok, ["alpha", "beta"], rew, methods=["args", "linear"], max_new_tokens=3, seed=1, embedder=FakeEmbedder()
     )
-    assert [r["method"] for r in rows] == ["base", "greedy", "args k=5", "linear ratio=3"]
+    assert [r["method"] for r in rows] == [
+        "base",
+        "greedy",
+        "args k=5 w=10",
+        "linear ratio=0 (principle prompt only: control)",
+        "linear ratio=3",
+    ]
     with pytest.raises(ValueError, match="unknown decoding method"):
         decoding_rows(m, tok, ["alpha"], rew, methods=["beam"], embedder=FakeEmbedder())

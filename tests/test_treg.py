@@ -211,6 +211,25 @@ def test_token_reward_function_values_range_monotone_shift():
     assert torch.equal(T.token_rewards_from_logps(a, b), -T.token_rewards_from_logps(b, a))
 
 
+def test_contrast_temperature_rescales_delta_keeps_sign_and_range():
+    # r̂ = sigma(Δ) - 0.5 at tau = 1 (unchanged); sigma(Δ / tau) - 0.5 otherwise, by hand: Δ = 2 -> tau 0.5:
+    # sigma(4) - 0.5 = 0.482014; tau 2: sigma(1) - 0.5 = 0.231059
+    r = T.token_rewards_from_logps(torch.tensor([2.0, -2.0, 0.0, 0.01]), torch.zeros(4))
+    assert T.rescale_token_rewards(r, 1.0) is r
+    half = T.rescale_token_rewards(r, 0.5)
+    assert half[:3].tolist() == pytest.approx([0.482014, -0.482014, 0.0], abs=1e-6)
+    assert T.rescale_token_rewards(r, 2.0)[0].item() == pytest.approx(0.231059, abs=1e-6)
+    assert half[3].item() == pytest.approx(1 / (1 + math.exp(-0.02)) - 0.5, rel=1e-5)  # small Δ: ~Δ/(4 tau)
+    sharp = T.rescale_token_rewards(r, 1e-3)
+    assert (sharp.abs() < 0.5).all() and torch.equal(torch.sign(sharp), torch.sign(r))
+    with pytest.raises(ValueError, match="treg_tau"):
+        T.rescale_token_rewards(r, 0.0)
+    # applied per pair by the training entry (cache keeps tau = 1)
+    pairs = [([0.1, -0.2], [0.3])]
+    out = TR.rescale_rewards(pairs, 0.5)
+    assert len(out[0][0]) == 2 and len(out[0][1]) == 1 and out[0][0][0] > 0.1 and out[0][0][1] < -0.2
+
+
 def test_precompute_two_rows_per_response_swap_negates_cache_and_batch_independence():
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignlab.eval.compare import breakdown_table
+
 
 def _fmt(v, nd=3):
     if v is None:
@@ -58,6 +60,7 @@ DECODING_COLUMNS = [
     ("lm_tokens_per_token", "LM pos/tok"),
     ("reward_calls_per_token", "RM calls/tok"),
     ("n_prompts", "prompts"),
+    ("guide", "guided by"),
 ]
 
 
@@ -127,6 +130,9 @@ def write_report(
         (run_dir / "results_decoding.json").write_text(json.dumps(decoding_rows, indent=2, default=str))
         md += ["", "## Decoding-time alignment (no training)", "", format_table(decoding_rows, DECODING_COLUMNS), ""]
         md += [f"- {n}" for n in decoding_notes or []]
+        split = breakdown_table(decoding_rows[1:])
+        if split:
+            md += ["", "Gain vs greedy by gold term (signed contributions; they add up to Δgold):", "", split, ""]
     if samples:
         md += ["", "## Sample outputs", ""]
         for s in samples:

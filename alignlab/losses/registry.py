@@ -29,8 +29,9 @@ LOSS_KEYS = (
     "treg_template",
     "treg_scorer",
     "treg_weighting",
+    "treg_tau",
 )
-TREG_KEYS = ("alpha", "treg_template", "treg_scorer", "treg_weighting")
+TREG_KEYS = ("alpha", "treg_template", "treg_scorer", "treg_weighting", "treg_tau")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class LossSpec:
 
 
 _TREG_ARGS = {"treg_weighting": "weighting"}
-_TREG_READS = ("alpha", "treg_template", "treg_scorer")
+_TREG_READS = ("alpha", "treg_template", "treg_scorer", "treg_tau")
 _REF = ("reference_free",)
 
 LOSSES: dict[str, LossSpec] = {

@@ -48,6 +48,19 @@ def token_rewards_from_logps(lp_better: torch.Tensor, lp_worse: torch.Tensor) ->
     return r.clamp(-_HALF_OPEN, _HALF_OPEN)
 
 
+def rescale_token_rewards(rhat: torch.Tensor, tau: float) -> torch.Tensor:
+    """r̂ at contrast temperature tau: sigma(Delta / tau) - 0.5 from r̂ = sigma(Delta) - 0.5 (Delta recovered as
+    2 atanh(2 r̂)). tau = 1 is the paper's formula (returned unchanged); tau < 1 sharpens small log-prob
+    differences, which a 135M scorer produces (docs/treg.md). Not from the paper: a documented departure (T7).
+    Sign, zeros, the (-0.5, 0.5) range and odd symmetry are kept. Shape-preserving."""
+    if tau <= 0:
+        raise ValueError(f"treg_tau must be > 0, got {tau}")
+    if tau == 1.0:
+        return rhat
+    delta = 2 * torch.atanh((2 * rhat.double()).clamp(-1 + 1e-15, 1 - 1e-15))
+    return (0.5 * torch.tanh(delta / (2 * tau))).clamp(-_HALF_OPEN, _HALF_OPEN).to(rhat.dtype)
+
+
 def treg_regularizer(t: TokenTerms, beta: float, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """[2B] L_REG per response: -beta * sum_t r̂_t log pi_theta(y_t|.) over the scored tokens (a **sum**, T2.2).
 

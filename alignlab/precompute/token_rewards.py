@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from alignlab.data.collate import TokenRewardAlignmentError, pad_sequences
 from alignlab.data.tokenize import PairTokenizer, TokenizedPair
-from alignlab.losses.treg import token_rewards_from_logps
+from alignlab.losses.treg import rescale_token_rewards, token_rewards_from_logps
 from alignlab.models.loading import cache_dir, model_fingerprint, tokenizer_fingerprint
 from alignlab.models.scorer import SequenceScorer
 from alignlab.precompute.cache import rank_shard, store_atomic, sum_over_ranks
@@ -92,6 +92,10 @@ _REV = (
     "Request:\n{{prompt}}\n\nDraft reply:\n{{response}}"
 )
 _GEN = "Answer the following request in a way that is {how}.\n\n{{prompt}}"
+# "task": the embedded task's criteria named in the instruction (docs/gold_reward.md: specific new content,
+# no restating of the request, no repetition, no disclaimers, a finished short answer). Not the paper's
+# wording: a departure chosen on validation pairs (docs/treg.md, "Do the token rewards carry signal?").
+_TASK = "Answer the request below {how}.\n\n{{prompt}}"
 TEMPLATES: dict[str, TregTemplate] = {
     "revision": TregTemplate(
         "revision",
@@ -102,6 +106,17 @@ TEMPLATES: dict[str, TregTemplate] = {
         "generation",
         _GEN.format(how="helpful, correct, coherent and concise"),
         _GEN.format(how="unhelpful, incorrect, incoherent and verbose"),
+    ),
+    "task": TregTemplate(
+        "task",
+        _TASK.format(
+            how="directly: give specific, correct information in your own words in two to four complete "
+            "sentences, do not restate the request, do not repeat yourself and do not add disclaimers"
+        ),
+        _TASK.format(
+            how="evasively: give vague, incorrect filler, restate the request instead of answering it, "
+            "repeat yourself and add disclaimers"
+        ),
     ),
 }
 
@@ -409,7 +424,19 @@ def token_rewards_for_training(
     )
     if accelerator.is_main_process:
         print(
-            f"[alignlab] T-REG token rewards ({name}, template {cfg.treg_template}): "
+            f"[alignlab] T-REG token rewards ({name}, template {cfg.treg_template}, tau {cfg.treg_tau:g}): "
             f"{'cache hit' if res.cache_hit else f'computed in {res.forward_calls} forward calls'} ({res.path})"
         )
+    if cfg.treg_tau != 1.0:  # the cache holds the paper's r̂ (tau = 1); the contrast temperature is applied here
+        res.rewards = rescale_rewards(res.rewards, cfg.treg_tau)
     return res
+
+
+def rescale_rewards(
+    rewards: list[tuple[list[float], list[float]]], tau: float
+) -> list[tuple[list[float], list[float]]]:
+    """Every pair's (chosen, rejected) r̂ lists at contrast temperature ``tau`` (losses.treg.rescale_token_rewards)."""
+    return [
+        (rescale_token_rewards(torch.tensor(c), tau).tolist(), rescale_token_rewards(torch.tensor(r), tau).tolist())
+        for c, r in rewards
+    ]

@@ -55,6 +55,8 @@ class DemoConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # 0,1,2 for the seed-variance tables (make demo-seeds)
     beta: float = 0.1
     alpha: float = 0.25  # T-REG regulariser weight (read only by the T-REG methods)
+    treg_template: str = "revision"  # T-REG contrastive prompts (docs/treg.md)
+    treg_tau: float = 1.0  # T-REG contrast temperature (docs/treg.md)
     learning_rate: float = 1e-3  # chosen on validation prompts among 1e-3, 2e-3, 4e-3 (docs/demo.md, "Tuning")
     epochs: int = 2
     per_device_batch_size: int = 8
@@ -70,8 +72,8 @@ class DemoConfig:
     # decoding-time methods (no training; make demo-decoding). TQ* rollouts come from the first trained `dpo`
     # policy when there is one (the paper's aligned baseline), else from the reference.
     decoding: list[str] = field(default_factory=list)  # e.g. decoding=greedy,args,linear; empty = skip
-    decoding_prompts: int = 32  # first N eval prompts (balanced) for the cheap decoding methods
-    decoding_subset: int = 8  # first N of those for the expensive ones (cd, tq-direct, tq-indirect)
+    decoding_prompts: int = 32  # first N eval prompts (balanced): every decoding method, the same prompts
+    decoding_subset: int = 32  # first N of those for the expensive ones (cd, tq-direct); = decoding_prompts: all
     decoding_max_new_tokens: int = 64
 
     def validate(self) -> None:
@@ -88,7 +90,11 @@ class DemoConfig:
                 "no decoding methods are run (set decoding=...)",
             )
         if not any(get_loss(m).token_level for m in self.methods):
-            reject_unread(self, ["alpha"], "no T-REG method is trained (methods=... has no dpo_treg/simpo_treg)")
+            reject_unread(
+                self,
+                ["alpha", "treg_template", "treg_tau"],
+                "no T-REG method is trained (methods=... has no dpo_treg/simpo_treg)",
+            )
         unknown = sorted(set(self.decoding) - set(ALL_METHODS))
         if unknown:
             raise ValueError(f"decoding: unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
@@ -201,6 +207,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         print()
         for line in drows.notes:
             print("-", line)
+        if drows.rows[1:]:
+            print("\ndecoding gain vs greedy by gold term (signed contributions; they add up to Δgold):\n")
+            print(breakdown_table(drows.rows[1:]))
     print(f"\nreport: {report}")
     return {
         "rows": rows,
@@ -215,7 +224,8 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     """Train one method/seed and evaluate it. keep=True also returns a merged plain copy of the policy."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
-    treg = {"alpha": cfg.alpha} if "alpha" in get_loss(method).reads else {}  # only T-REG losses read alpha
+    treg_keys = ("alpha", "treg_template", "treg_tau")  # only the T-REG losses read them
+    treg = {k: getattr(cfg, k) for k in treg_keys if k in get_loss(method).reads}
     tcfg = TrainConfig(
         model=cfg.model,
         loss=method,

@@ -70,6 +70,7 @@ class TrainConfig:
     treg_template: str = "revision"  # contrastive prompts: revision | generation | a .json/.yaml with better/worse
     treg_scorer: str | None = None  # model scoring the token rewards (same tokenizer); None = the reference
     treg_weighting: str = "dpo"  # sequence weight: dpo (sigma(r_l - r_w), detached) | static (0.5, ablation)
+    treg_tau: float = 1.0  # contrast temperature: r̂ = sigma(Δ/tau) - 0.5; 1 = the paper, < 1 sharpens (docs/treg.md)
     # parameter-efficient fine-tuning
     lora: bool = True
     lora_r: int = 16
@@ -132,6 +133,8 @@ class TrainConfig:
         if self.treg_weighting not in WEIGHTINGS:
             raise ConfigError(f"treg_weighting must be one of {WEIGHTINGS}, got {self.treg_weighting!r}")
         if spec.token_level:
+            if not self.treg_tau > 0:
+                raise ConfigError(f"treg_tau must be > 0, got {self.treg_tau}")
             resolve_template(self.treg_template)  # unknown name, missing {prompt}, unequal placeholders: error now
 
     @property
