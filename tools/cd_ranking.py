@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignlab.decoding import PrefixScorer, train_prefix_scorer  # noqa: E402
-from alignlab.eval.cd_ranking import cd_ranking_check, kendall_tau_b  # noqa: E402
+from alignlab.decoding import PrefixScorer  # noqa: E402
+from alignlab.eval.cd_ranking import CDFitSettings, fit_and_check, kendall_tau_b  # noqa: E402
 from alignlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from alignlab.task.gold import GoldReward  # noqa: E402
 from alignlab.task.prompts import balanced, load_task_prompts  # noqa: E402
@@ -58,33 +58,12 @@ def main() -> int:
     gold = GoldReward()
     train = [p.instruction for p in balanced(load_task_prompts("train"), args.train_prompts)]
     check = [p.instruction for p in balanced(load_task_prompts("validation"), args.check_prompts)]
-    if args.scorer:
-        scorer, rep = PrefixScorer.load(args.scorer), {"loaded": args.scorer}
-    else:
-        scorer, rep = train_prefix_scorer(
-            model,
-            tok,
-            train,
-            gold,
-            samples_per_prompt=args.samples,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            batch_size=args.batch_size,
-        )
+    settings = CDFitSettings(args.samples, args.k, args.rollouts, args.max_new_tokens, args.seed, args.batch_size)
+    loaded = PrefixScorer.load(args.scorer) if args.scorer else None
+    scorer, rep, res = fit_and_check(model, tok, train, check, gold, settings, scorer=loaded)
+    if loaded is None:
         scorer.save(out / "scorer")
     print(f"[fit] {json.dumps(rep)}", flush=True)
-    res = cd_ranking_check(
-        model,
-        tok,
-        scorer,
-        check,
-        gold,
-        k=args.k,
-        rollouts=args.rollouts,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
     print(f"[check] {res.summary()}")
     prior = prior_order_tau(res)
     print(f"[check] π_ref's own candidate order: τ_b {prior:+.3f}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.tokenize import stop_ids
-from alignlab.decoding import decode, prompt_text
+from alignlab.decoding import decode, prompt_text, train_prefix_scorer
 from alignlab.decoding.lm import LM, LMState
 from alignlab.decoding.loops import advance, make_generator
 from alignlab.decoding.scores import draw, topk_candidates
@@ -289,3 +289,45 @@ def cd_ranking_check(
     finally:
         model.train(was_training)
     return ranking_stats(per_state, k, rollouts, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class CDFitSettings:
+    """How the scorer is fitted (train prompts) and checked (held-out prompts)."""
+
+    samples_per_prompt: int = 4
+    k: int = 5
+    rollouts: int = 4
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_size: int = 16
+
+
+def fit_and_check(model, tokenizer, train_prompts: list, check_prompts: list, reward, s: CDFitSettings, scorer=None):
+    """CD-FUDGE's scorer fitted on ``train_prompts`` (held out by prompt inside; skipped when ``scorer`` is given),
+    then ``cd_ranking_check`` on ``check_prompts``. Returns (scorer, fit report, RankingCheck)."""
+    rep = {"loaded": True}
+    if scorer is None:
+        scorer, rep = train_prefix_scorer(
+            model,
+            tokenizer,
+            train_prompts,
+            reward,
+            samples_per_prompt=s.samples_per_prompt,
+            max_new_tokens=s.max_new_tokens,
+            seed=s.seed,
+            batch_size=s.batch_size,
+        )
+    check = cd_ranking_check(
+        model,
+        tokenizer,
+        scorer,
+        check_prompts,
+        reward,
+        k=s.k,
+        rollouts=s.rollouts,
+        max_new_tokens=s.max_new_tokens,
+        seed=s.seed,
+        batch_size=s.batch_size,
+    )
+    return scorer, rep, check

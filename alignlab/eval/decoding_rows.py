@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alignlab.decoding import METHODS, DecodeOutput, decode, train_prefix_scorer
+from alignlab.decoding import METHODS, DecodeOutput, decode
 from alignlab.decoding.metrics import coherence, diversity
+from alignlab.eval.cd_ranking import CDFitSettings, fit_and_check
 from alignlab.eval.harness import MethodResult, result_from_generations, summarize
 from alignlab.eval.stats import term_breakdown
 
@@ -179,35 +180,18 @@ def _fit_cd(model, tokenizer, s: DecodingEvalSettings, guide, notes: list, timin
     """CD-FUDGE prefix scorer on train prompts (held out by prompt) and its within-state ranking check on
     validation prompts: V_θ is only useful if it orders the k candidates of one state like their Monte-Carlo
     returns do (docs/decoding.md)."""
-    from alignlab.eval.cd_ranking import cd_ranking_check
     from alignlab.task.prompts import balanced, load_task_prompts
 
-    t0 = time.perf_counter()
-    scorer, rep = train_prefix_scorer(
+    scorer, rep, check = fit_and_check(
         model,
         tokenizer,
         [p.instruction for p in balanced(load_task_prompts("train"), s.cd_train_prompts)],
-        guide,
-        samples_per_prompt=s.cd_samples,
-        max_new_tokens=s.max_new_tokens,
-        seed=s.seed,
-        batch_size=s.batch_size,
-    )
-    timings["cd_train"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    check = cd_ranking_check(
-        model,
-        tokenizer,
-        scorer,
         [p.instruction for p in balanced(load_task_prompts("validation"), s.cd_check_prompts)],
         guide,
-        k=s.k,
-        rollouts=s.cd_check_rollouts,
-        max_new_tokens=s.max_new_tokens,
-        seed=s.seed,
-        batch_size=s.batch_size,
+        CDFitSettings(s.cd_samples, s.k, s.cd_check_rollouts, s.max_new_tokens, s.seed, s.batch_size),
     )
-    timings["cd_check"] = time.perf_counter() - t0
+    timings["cd_train"] = rep["seconds"]
+    timings["cd_check"] = check.seconds
     notes.append(
         f"cd: linear prefix scorer (ridge, l2 {rep.get('l2', '?')}, on the frozen model's final hidden states) fitted "
         f"on {rep['sequences']} sampled responses / {rep['prefixes']} prefixes of {s.cd_train_prompts} train "
