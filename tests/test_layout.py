@@ -19,11 +19,12 @@ LAYERS = {
     "rewards": 2,
     "training": 2,
     "rollout": 3,
+    "choices": 3,
     "eval": 4,
     "recipes": 5,
     "cli": 6,
 }
-ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score"}
+ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score", "export"}
 
 
 def _imports(path: Path):

@@ -1,13 +1,18 @@
-"""Regenerate docs/config.md from the config dataclasses: python tools/gen_config_doc.py > docs/config.md"""
+"""Regenerate docs/config.md from the config dataclasses and the choices table (alignlab.choices, the one behind
+`alignlab <cmd> --help`): python tools/gen_config_doc.py > docs/config.md"""
 
 import dataclasses
 import inspect
 import re
 import typing
 
+from alignlab.choices import choices_for
 from alignlab.recipes.demo import DemoConfig
+from alignlab.recipes.diagnose import DiagnoseConfig
+from alignlab.recipes.export import ExportConfig
 from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
+from alignlab.recipes.score import ScoreConfig
 from alignlab.recipes.train import TrainConfig
 
 
@@ -30,7 +35,20 @@ def table(cls):
         meaning = c.get(f.name, "").replace(" | ", " or ")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         rows.append(f"| `{f.name}` | {t} | `{default!r}` | {meaning} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + choices(cls)
+
+
+def choices(cls):
+    """The enumerated keys of ``cls``, each choice on one line (the same table as `alignlab <cmd> --help`)."""
+    table = choices_for(cls.__name__)
+    if not table:
+        return ""
+    lines = ["", "", "Choices of the enumerated keys:", ""]
+    for key, ch in table.items():
+        lines.append(f"- `{key}`")
+        lines += [f"  - `{v}`: {d}" if v else f'  - `""`: {d}' for v, d in ch.values.items()]
+        lines += [f"  - {ch.other}"] if ch.other else []
+    return "\n".join(lines)
 
 
 print(
@@ -73,6 +91,28 @@ Method parameters left unset take the method's defaults; see [decoding.md](decod
 
 """
     + table(HeatmapConfig)
+    + """
+
+## `alignlab score` (`alignlab.recipes.score.ScoreConfig`)
+
+"""
+    + table(ScoreConfig)
+    + """
+
+## `alignlab diagnose` (`alignlab.recipes.diagnose.DiagnoseConfig`)
+
+`alignlab diagnose RUN_DIR` is short for `run_dir=RUN_DIR`.
+
+"""
+    + table(DiagnoseConfig)
+    + """
+
+## `alignlab export` (`alignlab.recipes.export.ExportConfig`)
+
+`alignlab export RUN_DIR` is short for `run_dir=RUN_DIR`; see [export.md](export.md).
+
+"""
+    + table(ExportConfig)
     + """
 
 ## Environment

