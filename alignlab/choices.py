@@ -168,8 +168,14 @@ CONFIG_CHOICES: dict[str, dict[str, Choices]] = {
             {"latest": "the newest complete checkpoint in output_dir/checkpoints (none: start fresh)"},
             "or a checkpoint directory (output_dir/checkpoints/step_N); unset = start fresh",
         ),
-        "report_to": fixed(
-            tensorboard="TensorBoard logs in output_dir/tb, and metrics.jsonl", none="metrics.jsonl only"
+        "report_to": Choices(
+            {
+                "tensorboard": "TensorBoard logs in output_dir/tb (metrics.jsonl is always written)",
+                "wandb": "Weights & Biases (needs the wandb package; WANDB_MODE=offline logs under output_dir/wandb)",
+                "mlflow": "MLflow (needs the mlflow package; MLFLOW_TRACKING_URI=file:./mlruns for a local store)",
+                "none": "no tracker: metrics.jsonl only",
+            },
+            "a comma list or a YAML list, e.g. report_to=tensorboard,wandb",
         ),
     },
     "DemoConfig": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import shutil
 import sys
 import typing
@@ -31,7 +32,7 @@ class Command:
     config: str
     help: str
     description: str = ""
-    positional: str = ""  # a config key that may also be given as one bare argument
+    positional: str = ""  # a config key that may also be given as bare arguments (several for a list key)
 
 
 COMMANDS = [
@@ -87,6 +88,17 @@ COMMANDS = [
         "adapter merged into the base (merge=true, the default) or the full model, with the tokenizer and a model "
         "card (README.md: the run's config, data, final metrics and report).",
         positional="run_dir",
+    ),
+    Command(
+        "compare",
+        "alignlab.recipes.compare",
+        "CompareConfig",
+        "finished runs side by side: differing config, final metrics, curves (alignlab compare RUN_DIR RUN_DIR ...)",
+        "Read each RUN_DIR (config.yaml, metrics.jsonl or a demo's results.json, report.md) and print one table: the "
+        "config keys that differ between the runs (the shared ones listed once below), the last training row, the last "
+        "eval_* row and a demo's Δgold per method. Writes compare.html (self-contained: the table and the training "
+        "curves of every run overlaid), compare_curves.png and compare.json into output_dir.",
+        positional="runs",
     ),
 ]
 
@@ -158,15 +170,30 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 
 def _positional_help(cmd: Command) -> str:
-    return f"; one bare argument means {cmd.positional}=ARG" if cmd.positional else ""
+    if not cmd.positional:
+        return ""
+    _, cls = _load(cmd)
+    if _is_list(cls, cmd.positional):
+        return f"; bare arguments mean {cmd.positional}=[ARG, ...]"
+    return f"; one bare argument means {cmd.positional}=ARG"
 
 
-def _with_positional(cmd: Command, overrides: list[str]) -> list[str]:
-    """One bare argument (no '=') is the command's positional key: `alignlab export RUN merge=false`."""
+def _is_list(cls, key: str) -> bool:
+    """True when the config key ``key`` of ``cls`` holds a list (it takes every bare argument)."""
+    return typing.get_origin(typing.get_type_hints(cls).get(key)) is list
+
+
+def _with_positional(cmd: Command, overrides: list[str], many: bool = False) -> list[str]:
+    """Bare arguments (no '=') are the command's positional key: one for a plain key (`alignlab export RUN
+    merge=false`), any number for a list key (``many``: `alignlab compare RUN_A RUN_B`, passed as a YAML list so
+    that commas in a path stay in it)."""
     bare = [o for o in overrides if "=" not in o]
-    if not cmd.positional or len(bare) != 1:
+    if not cmd.positional or not bare or (len(bare) != 1 and not many):
         return overrides
-    return [f"{cmd.positional}={o}" if o == bare[0] else o for o in overrides]
+    value = json.dumps(bare) if many else bare[0]
+    first = overrides.index(bare[0])
+    rest = [o for o in overrides if "=" in o]
+    return rest[:first] + [f"{cmd.positional}={value}"] + rest[first:]
 
 
 # Failures at the edge (config, data, model loading, files, memory): one line, exit code 2. Anything else is a bug
@@ -193,7 +220,8 @@ def _run(args) -> None:
         return
     cmd = next(c for c in COMMANDS if c.name == args.cmd)
     mod, cls = _load(cmd)
-    mod.main(build_config(cls, args.config, _with_positional(cmd, list(args.overrides))))
+    overrides = _with_positional(cmd, list(args.overrides), many=_is_list(cls, cmd.positional))
+    mod.main(build_config(cls, args.config, overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--fail-rank", type=int, default=-1)
     ap.add_argument("--fail-step", type=int, default=-1)
+    ap.add_argument("--eval-data", default="")  # held-out pairs: eval rows go into result.json's "eval"
+    ap.add_argument("--eval-steps", type=int, default=0)
     args = ap.parse_args(argv)
 
     import alignlab.recipes.train as T
@@ -49,11 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     lora = dict(lora=True, lora_r=4, lora_alpha=8) if args.lora else dict(lora=False)  # LoRA keys only with LoRA
+    held_out = dict(eval_data=args.eval_data, eval_steps=args.eval_steps) if args.eval_data else {}
     cfg = TrainConfig(
         model=args.model,
         data=args.data,
         output_dir=str(out / "run"),
         **lora,
+        **held_out,
         loss=args.loss,
         report_to="none",
         cpu=True,
@@ -71,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=11,
     )
     res = T.train(cfg)
-
     from accelerate import PartialState
+
+    from alignlab.training.metrics import read_metrics
 
     state = PartialState()
     rank, world = state.process_index, state.num_processes
@@ -80,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         params = {n: p.detach().float().cpu().clone() for n, p in res.model.named_parameters()}
         torch.save(params, out / "params.pt")
         (out / "result.json").write_text(
-            json.dumps({"world": world, "steps": res.steps, "metrics": res.metrics, "ref_cache_hit": res.ref_cache_hit})
+            json.dumps(
+                {
+                    "world": world,
+                    "steps": res.steps,
+                    "metrics": res.metrics,
+                    "ref_cache_hit": res.ref_cache_hit,
+                    "eval": read_metrics(out / "run" / "metrics.jsonl", rows="eval"),
+                }
+            )
         )
     (out / f"done_rank{rank}.json").write_text(json.dumps({"rank": rank, "world": world, "steps": res.steps}))
     print(f"[dist_worker] rank {rank}/{world} done after {res.steps} steps", flush=True)

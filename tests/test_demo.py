@@ -55,6 +55,8 @@ def test_demo_tiny_end_to_end(tmp_path):
     run = tmp_path / "demo"
     report = (run / "report.md").read_text()
     assert "## Decoding-time alignment" in report and "win vs greedy" in report and "## Gain by gold term" in report
+    page = (run / "report.html").read_text()  # the same tables as one page; the decoding gains as a bar chart
+    assert page.count("<img ") == 2 and (run / "report_decoding.png").is_file()
     saved = json.loads((run / "results.json").read_text())
     assert [r["gold"] for r in saved] == [r["gold"] for r in rows]
     assert len(json.loads((run / "results_decoding.json").read_text())) == len(drows)

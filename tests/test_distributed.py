@@ -75,6 +75,7 @@ def assets(tmp_path_factory):
         "data8": write_pairs(d / "p8.jsonl", 8),
         "data11": write_pairs(d / "p11.jsonl", 11, seed=1),
         "data16": write_pairs(d / "p16.jsonl", 16, seed=2),
+        "eval7": write_pairs(d / "e7.jsonl", 7, seed=3),
     }
 
 
@@ -167,6 +168,22 @@ def test_two_ranks_match_one_process(tmp_path, assets, lora):
         init = load_file(str(assets["model"] / "model.safetensors"))
         moved = max((p1[k] - v).abs().max().item() for k, v in init.items() if k in p1)
     assert moved > 1e-4
+
+
+def test_two_ranks_evaluate_like_one_process(tmp_path, assets):
+    """eval_data on 2 ranks (shards of 4 and 3 of the 7 eval pairs, sums all-reduced) gives the eval rows of one
+    process: at step 0, every eval_steps and at the end, with every eval_ metric."""
+    common = ["--max-steps", "2", "--per-device", "2", "--eval-data", str(assets["eval7"]), "--eval-steps", "1"]
+    two = _run(tmp_path / "two", assets["model"], assets["data16"], 2, *common)
+    one = _run(tmp_path / "one", assets["model"], assets["data16"], 1, "--accum", "2", *common)
+    (r2, _), (r1, _) = _result(tmp_path / "two", two, 2), _result(tmp_path / "one", one, 1)
+    assert [r["step"] for r in r1["eval"]] == [r["step"] for r in r2["eval"]] == [0, 1, 2]
+    keys = [k for k in r1["eval"][-1] if k.startswith("eval_") and k != "eval_runtime"]
+    base = ("eval_baseline/longer_wins", "eval_baseline/shorter_wins")
+    assert [r1["eval"][0][k] for k in base] == [r2["eval"][0][k] for k in base]
+    assert {f"eval_{k}" for k in COMPARED if k not in ("grad_norm", "learning_rate")} <= set(keys)
+    assert not metrics_close(r1["eval"], r2["eval"], keys), metrics_close(r1["eval"], r2["eval"], keys)
+    assert not metrics_close(r1["metrics"], r2["metrics"])  # and training is unchanged by the evaluation
 
 
 def test_uneven_dataset_finishes_on_both_ranks(tmp_path, assets):

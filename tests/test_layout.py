@@ -24,7 +24,7 @@ LAYERS = {
     "recipes": 5,
     "cli": 6,
 }
-ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score", "export"}
+ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score", "export", "compare"}
 
 
 def _imports(path: Path):

@@ -7,6 +7,7 @@ import re
 import typing
 
 from alignlab.choices import choices_for
+from alignlab.recipes.compare import CompareConfig
 from alignlab.recipes.demo import DemoConfig
 from alignlab.recipes.diagnose import DiagnoseConfig
 from alignlab.recipes.export import ExportConfig
@@ -72,6 +73,13 @@ Notes
   training and cached under `~/.cache/alignlab/reflogps/` (key: every token id, the model fingerprint, dtype).
 - `gradient_checkpointing` is on by default (memory); turn it off for small models where time is the limit.
 - `stop_after_steps` exists to test exact resume: it stops as if killed while keeping the schedule of `max_steps`.
+- `eval_data`: held-out pairs evaluated at step 0, every `eval_steps` and at the end (`eval_*` rows in
+  metrics.jsonl, `best.json`; [metrics.md](metrics.md#held-out-evaluation-eval_data)). `eval_split`, `eval_steps`
+  and `eval_batch_size` without `eval_data` are errors.
+- `report_to`: a comma list (`report_to=tensorboard,wandb`) or a YAML list; `none` for no tracker. metrics.jsonl
+  is always written. `wandb` / `mlflow` need their package (a missing one is an error before anything loads);
+  offline: `WANDB_MODE=offline` (the run lands in `output_dir/wandb`; `wandb sync` later) and
+  `MLFLOW_TRACKING_URI=file:./mlruns` (a local store; `mlflow ui --backend-store-uri ./mlruns`).
 
 ## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
 
@@ -115,6 +123,15 @@ Method parameters left unset take the method's defaults; see [decoding.md](decod
     + table(ExportConfig)
     + """
 
+## `alignlab compare` (`alignlab.recipes.compare.CompareConfig`)
+
+`alignlab compare RUN_DIR RUN_DIR ...` is short for `runs=[RUN_DIR, RUN_DIR, ...]`: the config keys that differ, the
+final metrics and the training curves of finished runs side by side (`compare.html`, `compare.json`).
+
+"""
+    + table(CompareConfig)
+    + """
+
 ## Environment
 
 | variable | effect |
@@ -123,5 +140,9 @@ Method parameters left unset take the method's defaults; see [decoding.md](decod
 log-probs, on-policy pairs |
 | `ALIGNLAB_MODEL_CACHE` | model cache directory only (default `<cache>/models`) |
 | `HF_HUB_OFFLINE=1` | set by the Makefile; the built-in model never needs the hub |
+| `WANDB_MODE=offline`, `WANDB_PROJECT` | `report_to=wandb`: log locally (under `output_dir/wandb`); the project \
+(default `alignlab`) |
+| `MLFLOW_TRACKING_URI=file:./mlruns`, `MLFLOW_EXPERIMENT_NAME` | `report_to=mlflow`: a local store; the experiment \
+(default `alignlab`) |
 """
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from alignlab.eval.harness import MethodResult, distinct_n
-from alignlab.eval.stats import kl_summary, paired_gain, term_breakdown, win_rate
+from alignlab.eval.stats import kl_summary, paired_gain, plural, term_breakdown, win_rate
 
 
 def _stack(results: list[MethodResult], get) -> np.ndarray:
@@ -55,7 +55,7 @@ def method_row(
     win = win_rate(gold, np.array(base.gold), n_boot=n_boot, seed=seed)
     level = paired_gain(gold, np.zeros(gold.shape[1]), n_boot=n_boot, seed=seed)
     row = {
-        "method": f"{name} ({len(results)} seed{'s' if len(results) > 1 else ''})",
+        "method": f"{name} ({plural(len(results), 'seed')})",
         "n_seeds": len(results),
         "n_prompts": gold.shape[1],
         "gold": level.mean,
@@ -102,18 +102,25 @@ def _kl_columns(results: list[MethodResult], temperature: float) -> dict:
     return out
 
 
-def breakdown_table(rows: list[dict]) -> str:
-    """Markdown: per method, Δgold and each term's contribution to it (they add up to Δgold)."""
+def breakdown_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per method, Δgold and each term's contribution to it (they add up to Δgold), as (head, body) text cells;
+    ([], []) when no row has a breakdown."""
     rows = [r for r in rows if r.get("breakdown")]
     if not rows:
-        return ""
+        return [], []
     terms = list(rows[0]["breakdown"])
-    head = "| method | Δgold | " + " | ".join(terms) + " | largest |"
-    sep = "|" + "---|" * (len(terms) + 3)
+    head = ["method", "Δgold", *terms, "largest"]
     body = [
-        f"| {r['method']} | {r['diff']:+.4f} | "
-        + " | ".join(f"{r['breakdown'][t]:+.4f}" for t in terms)
-        + f" | {r['breakdown_dominant']} |"
+        [r["method"], f"{r['diff']:+.4f}", *(f"{r['breakdown'][t]:+.4f}" for t in terms), r["breakdown_dominant"]]
         for r in rows
     ]
-    return "\n".join([head, sep, *body])
+    return head, body
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    """Markdown: per method, Δgold and each term's contribution to it (they add up to Δgold)."""
+    head, body = breakdown_cells(rows)
+    if not head:
+        return ""
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "---|" * len(head), *(line(b) for b in body)])

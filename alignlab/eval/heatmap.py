@@ -17,6 +17,7 @@ import torch
 
 from alignlab.data.collate import collate_pairs
 from alignlab.data.tokenize import TokenizedPair
+from alignlab.eval.htmlpage import page
 from alignlab.models.scorer import SequenceScorer
 from alignlab.precompute.token_rewards import cached_token_rewards
 
@@ -172,13 +173,7 @@ def render_html(heats: list[PairHeat], title: str, notes: list[str]) -> str:
             '<colgroup><col style="width:80px">' + "<col>" * len(cols) + "</colgroup>"
         )  # fixed layout: 1st row sets widths
         body.append(f"<table>{cg}<tr><th></th>{head}</tr>{''.join(rows)}</table>")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return page(title, body, css=_CSS, images=False)
 
 
 def render_png(heats: list[PairHeat], path: Path, width_chars: int = 90, max_tokens: int = 200) -> Path:

@@ -32,7 +32,13 @@ __all__ = [
     "kl_summary",
     "LengthBaselines",
     "length_baselines",
+    "plural",
 ]
+
+
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word``, with an ``s`` unless n is 1: "1 seed", "3 seeds"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _arr(x, name: str) -> np.ndarray:
@@ -109,7 +115,7 @@ class GainEstimate:
         note = "" if self.seed_variance_included else ", seed variance NOT included"
         return (
             f"{self.mean:.4g} ± {self.se:.2g} (95% CI [{self.ci[0]:.4g}, {self.ci[1]:.4g}]; "
-            f"{self.n_seeds} seeds × {self.n_prompts} prompts{note})"
+            f"{plural(self.n_seeds, 'seed')} × {plural(self.n_prompts, 'prompt')}{note})"
         )
 
 

@@ -81,11 +81,17 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 
 def last_metrics(path: Path) -> dict:
-    """The last row of metrics.jsonl ({} when there is none)."""
+    """The last training row of metrics.jsonl, with the held-out ``eval_*`` metrics of the same step when the run
+    evaluated there ({} when there is no row)."""
     if not path.is_file():
         return {}
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    is_eval = [any(k.startswith("eval_") for k in r) for r in rows]
+    train = [r for r, e in zip(rows, is_eval) if not e]
+    if not train:
+        return rows[-1] if rows else {}
+    same_step = [r for r, e in zip(rows, is_eval) if e and r.get("step") == train[-1].get("step")]
+    return train[-1] | (same_step[-1] if same_step else {})
 
 
 def export_run(run_dir: str | Path, output_dir: str | Path = "", merge: bool = True, dtype: str = "") -> ExportResult:
@@ -246,7 +252,7 @@ def model_card(run: RunInfo, kind: str, dtype: str) -> str:
         "tokenizer = AutoTokenizer.from_pretrained(path)",
         "```",
         "",
-        f"## Final metrics (step {fmt(run.metrics.get('step', '?'))}, the last row of metrics.jsonl)",
+        f"## Final metrics (step {fmt(run.metrics.get('step', '?'))}, the last training row of metrics.jsonl)",
         "",
         *_metrics_table(run.metrics),
         "",

@@ -4,7 +4,8 @@ that plain ``transformers.AutoModelForCausalLM.from_pretrained`` loads (docs/exp
 1. read RUN_DIR: config.yaml (the base model, the loss, the data) and final/ (a LoRA adapter or the full model);
 2. write the model: with LoRA and ``merge=true`` the adapter merged into the base weights; without LoRA the full
    model; safetensors only, with the tokenizer;
-3. write README.md, the model card: the run's config, data, the last row of metrics.jsonl and report.md.
+3. write README.md, the model card: the run's config, data, the last training row of metrics.jsonl (with its
+   eval_* metrics) and report.md.
 """
 
 from __future__ import annotations

@@ -8,23 +8,25 @@ One readable loop; the same code runs as 1 CPU process, N processes (`accelerate
    docs/conventions.md R9) and, for T-REG, the token rewards;
 3. wrap in LoRA, prepare with accelerate, resume if asked;
 4. for each step: ``alignlab.training.step.train_step`` (the one place the gradient is assembled), metrics,
-   checkpoints; then the final model in ``output_dir/final``.
+   held-out evaluation (``eval_data``: ``alignlab.training.evaluate``, its reference log-probs precomputed and
+   cached like the training pairs'), checkpoints; then the final model in ``output_dir/final``, ``best.json``
+   (the lowest eval_loss) and report.md.
+Metrics go to metrics.jsonl always and to the trackers of ``report_to`` (``alignlab.training.trackers``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from alignlab.config import ConfigError, reject_unread, save_config
-from alignlab.data.formats import load_preference_records
-from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
+from alignlab.config import ConfigError, config_dict, reject_unread, save_config
+from alignlab.data.tokenize import TokenizedPair
 from alignlab.eval.diagnose import diagnose
 from alignlab.eval.treg_diagnostics import format_diagnostics, token_reward_diagnostics
 from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
@@ -36,8 +38,18 @@ from alignlab.precompute.reference import reference_key, reference_logps
 from alignlab.precompute.token_rewards import resolve_template, token_rewards_for_training
 from alignlab.training import step as step_lib
 from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
-from alignlab.training.metrics import MetricsLogger, step_metrics
+from alignlab.training.evaluate import EvalSet, eval_due, eval_report, evaluate, length_baselines, write_best
+from alignlab.training.inputs import prepare_data, prepare_eval_data, read_eval_records, read_records
+from alignlab.training.metrics import MetricsLogger, read_metrics, step_metrics
 from alignlab.training.schedule import BatchPlan
+from alignlab.training.trackers import (
+    DEFAULT_PROJECT,
+    active_trackers,
+    default_trackers,
+    make_trackers,
+    parse_report_to,
+    tracker_config,
+)
 
 NonFiniteLossError = step_lib.NonFiniteLossError
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target", "lora_top_layers")
@@ -92,6 +104,11 @@ class TrainConfig:
     seed: int = 42
     # reference
     ref_batch_size: int = 8  # pairs per forward of the reference / token-reward precompute
+    # held-out evaluation (docs/metrics.md)
+    eval_data: str = ""  # preference data like `data`, evaluated during training (eval_* metrics); empty = none
+    eval_split: str = "test"  # split of an hf: / dataset-directory eval_data
+    eval_steps: int = 0  # evaluate every N optimizer steps; always at step 0 and at the end (0: only those)
+    eval_batch_size: int | None = None  # pairs per evaluation forward; None = per_device_batch_size
     # output
     output_dir: str = "runs/train"
     logging_steps: int = 1
@@ -99,8 +116,11 @@ class TrainConfig:
     save_total_limit: int = 1
     resume_from: str | None = None  # "latest" or a checkpoint directory
     stop_after_steps: int | None = None  # stop (as if killed) after this step; the schedule is unchanged
-    report_to: str = "tensorboard"  # tensorboard | none
+    report_to: list[str] = field(default_factory=default_trackers)  # comma list of tensorboard, wandb, mlflow; none
     cpu: bool = False  # force CPU even when a GPU is visible
+
+    def __post_init__(self) -> None:
+        self.report_to = parse_report_to(self.report_to)  # "tensorboard,wandb" or a YAML list
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -136,6 +156,11 @@ class TrainConfig:
             if not self.treg_tau > 0:
                 raise ConfigError(f"treg_tau must be > 0, got {self.treg_tau}")
             resolve_template(self.treg_template)  # unknown name, missing {prompt}, unequal placeholders: error now
+        if not self.eval_data:
+            reject_unread(self, ["eval_split", "eval_steps", "eval_batch_size"], "no eval_data, nothing is evaluated")
+        if self.eval_steps < 0 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
+            raise ConfigError("eval_steps must be >= 0 and eval_batch_size >= 1")
+        active_trackers(self.report_to)  # an unknown tracker or a missing package: error now, before any data
 
     @property
     def resolved_beta(self) -> float:
@@ -164,6 +189,7 @@ class TrainResult:
     ref_cache_hit: bool
     model: object = None  # the trained model (PeftModel with LoRA), unwrapped from accelerate
     treg_cache_hit: bool = False  # T-REG token rewards loaded from the cache (token-level losses only)
+    evals: list[dict] = field(default_factory=list)  # this run's eval rows (eval_data), as in metrics.jsonl
 
 
 def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
@@ -177,69 +203,49 @@ def _build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     )
 
 
-def _check_enough(cfg: TrainConfig, n: int, world: int, what: str) -> None:
-    """Stop with the file and the counts when the data cannot fill one global batch."""
-    g = cfg.global_batch * world
-    if n < g:
-        raise ConfigError(
-            f"{cfg.data}: {what}: {n} usable pair(s) cannot fill one global batch of {g} "
-            f"(per_device_batch_size {cfg.per_device_batch_size} x grad_accum {cfg.grad_accum} x "
-            f"{world} process(es))"
+@dataclass
+class Tables:
+    """What the loss needs precomputed for one set of pairs, indexed like it: reference log-probs [N, 2] and, for
+    T-REG, per-pair token rewards; each with whether it came from the cache."""
+
+    ref: torch.Tensor | None = None
+    ref_hit: bool = False
+    tokens: list | None = None
+    treg_hit: bool = False
+
+
+def _tables(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id, model_fp, what: str) -> Tables:
+    """The reference log-probs (and T-REG token rewards) of ``pairs``: loaded from the cache or computed once."""
+    spec, out = get_loss(cfg.loss), Tables()
+    if spec.token_level:
+        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
+        out.tokens, out.treg_hit = treg.rewards, treg.cache_hit
+    if not (cfg.reference_free or spec.reference_free):
+        key = reference_key(pairs, model_fp, cfg.dtype)
+        out.ref, out.ref_hit, path = reference_logps(
+            accelerator, SequenceScorer(model), pairs, pad_id, key, cfg.ref_batch_size
         )
+        if accelerator.is_main_process:
+            print(f"[alignlab] {what}reference log-probs: {'cache hit' if out.ref_hit else 'computed'} ({path})")
+    return out
 
 
-def read_records(cfg: TrainConfig, world: int = 1):
-    """The preference records of ``cfg.data``; an empty file or too few usable pairs fail here, before any
-    model is loaded, naming the file and the counts."""
-    records, report = load_preference_records(cfg.data, split=cfg.split, limit=cfg.limit, on_bad=cfg.on_bad)
-    if not records:
-        raise ConfigError(f"{report.summary()}: no usable preference pairs")
-    _check_enough(cfg, len(records), world, report.summary())
-    return records, report
-
-
-def prepare_data(
-    cfg: TrainConfig, tokenizer, records=None, load_report=None, world: int = 1
-) -> tuple[list[TokenizedPair], dict]:
-    if records is None:
-        records, load_report = read_records(cfg, world)
-    pairs, tok_report = tokenize_pairs(records, tokenizer, cfg.max_length, cfg.max_prompt_length)
-    _check_enough(cfg, len(pairs), world, f"after tokenization ({tok_report.summary()})")
-    info = {
-        "load": {
-            "read": load_report.read,
-            "kept": load_report.kept,
-            "skipped": load_report.skipped,
-            "skipped_examples": load_report.examples,
-        },
-        "tokenize": tok_report.as_metrics() | {"dropped_sources": tok_report.dropped_sources[:20]},
-    }
-    return pairs, info
-
-
-def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id):
-    """Reference log-probs and T-REG token rewards, before any adapter exists: with a fresh LoRA adapter the
-    model *is* the disabled-adapter reference, and the reference weights are never needed again."""
+def _precompute(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id, eval_pairs=None):
+    """Reference log-probs and T-REG token rewards of the training pairs and of the held-out pairs, before any
+    adapter exists: with a fresh LoRA adapter the model *is* the disabled-adapter reference, and the reference
+    weights are never needed again. Returns (training Tables, eval Tables or None)."""
     spec = get_loss(cfg.loss)
     needs_ref = not (cfg.reference_free or spec.reference_free)
     scores_here = needs_ref or (spec.token_level and not cfg.treg_scorer)
     model_fp = model_fingerprint(model) if scores_here else None  # hashes every weight: once
-    token_table, treg_hit, ref_table, ref_hit = None, False, None, False
-    if spec.token_level:
-        treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
-        token_table, treg_hit = treg.rewards, treg.cache_hit
-        if accelerator.is_main_process:  # does this set of token rewards carry signal? (docs/treg.md)
-            diag = token_reward_diagnostics(token_table)
-            (Path(cfg.output_dir) / "treg_diagnostics.json").write_text(json.dumps(diag, indent=2))
-            print(f"[alignlab] {format_diagnostics(diag)}")
-    if needs_ref:
-        key = reference_key(pairs, model_fp, cfg.dtype)
-        ref_table, ref_hit, ref_path = reference_logps(
-            accelerator, SequenceScorer(model), pairs, pad_id, key, cfg.ref_batch_size
-        )
-        if accelerator.is_main_process:
-            print(f"[alignlab] reference log-probs: {'cache hit' if ref_hit else 'computed'} ({ref_path})")
-    return ref_table, ref_hit, token_table, treg_hit
+    train_tables = _tables(cfg, accelerator, model, tokenizer, pairs, pad_id, model_fp, "")
+    if spec.token_level and accelerator.is_main_process:  # does this set of token rewards carry signal? (treg.md)
+        diag = token_reward_diagnostics(train_tables.tokens)
+        (Path(cfg.output_dir) / "treg_diagnostics.json").write_text(json.dumps(diag, indent=2))
+        print(f"[alignlab] {format_diagnostics(diag)}")
+    if eval_pairs is None:
+        return train_tables, None
+    return train_tables, _tables(cfg, accelerator, model, tokenizer, eval_pairs, pad_id, model_fp, "eval_data ")
 
 
 def _wrap(cfg: TrainConfig, model):
@@ -261,28 +267,31 @@ def _wrap(cfg: TrainConfig, model):
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPair] | None = None) -> TrainResult:
-    """Run the recipe. ``model``/``tokenizer``/``pairs`` may be passed in (tests, demo) instead of loaded."""
+    """Run the recipe. ``model``/``tokenizer``/``pairs`` may be passed in (tests, demo) instead of loaded; the
+    held-out pairs are always read from ``cfg.eval_data``."""
     cfg.validate()
     run_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        cpu=cfg.cpu, log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(run_dir)
-    )
+    trackers = active_trackers(cfg.report_to)
+    accelerator = Accelerator(cpu=cfg.cpu, log_with=make_trackers(trackers, run_dir) or None, project_dir=str(run_dir))
     set_seed(cfg.seed)
-    is_main = accelerator.is_main_process
-    records = report = None
-    if pairs is None:
-        records, report = read_records(cfg, accelerator.num_processes)  # bad data fails before the model loads
+    is_main, world = accelerator.is_main_process, accelerator.num_processes
+    records, report = read_records(cfg, world) if pairs is None else (None, None)  # bad data: fails before the model
+    eval_records = read_eval_records(cfg, world) if cfg.eval_data else None  # so does bad eval data
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    data_info = {}
+    data_info, eval_pairs = {}, None
     if pairs is None:
-        pairs, data_info = prepare_data(cfg, tokenizer, records, report, accelerator.num_processes)
+        pairs, data_info = prepare_data(cfg, tokenizer, records, report, world)
+    if eval_records is not None:
+        eval_pairs, data_info["eval"] = prepare_eval_data(cfg, tokenizer, *eval_records, world)
     if is_main:
         save_config(cfg, run_dir)
         (run_dir / "data_report.json").write_text(json.dumps(data_info, indent=2))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.to(accelerator.device)
-    ref_table, ref_hit, token_table, treg_hit = _precompute(cfg, accelerator, model, tokenizer, pairs, pad_id)
+    tables, eval_tables = _precompute(cfg, accelerator, model, tokenizer, pairs, pad_id, eval_pairs)
+    eval_bs = cfg.eval_batch_size or cfg.per_device_batch_size
+    eval_set = EvalSet(eval_pairs, eval_tables.ref, eval_tables.tokens, eval_bs) if eval_pairs is not None else None
 
     model = _wrap(cfg, model)
     optimizer = torch.optim.AdamW(
@@ -292,7 +301,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         len(pairs),
         cfg.per_device_batch_size,
         cfg.grad_accum,
-        accelerator.num_processes,
+        world,
         cfg.seed,
         [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
     )
@@ -306,16 +315,25 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         start_step = load_checkpoint(accelerator, resume_dir)
         if is_main:
             print(f"[alignlab] resumed from {resume_dir} at step {start_step}")
-    if cfg.report_to != "none":
-        accelerator.init_trackers("tb")
+    if trackers:
+        accelerator.init_trackers(DEFAULT_PROJECT, config=tracker_config(config_dict(cfg)))
     logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
     if is_main:
         print(
-            f"[alignlab] {len(pairs)} pairs, {accelerator.num_processes} process(es) on {accelerator.device}, "
+            f"[alignlab] {len(pairs)} pairs, {world} process(es) on {accelerator.device}, "
             f"global batch {plan.global_size}, {plan.steps_per_epoch} steps/epoch "
             f"({plan.dropped_per_epoch} pairs/epoch left over), {total_steps} steps"
+            + (f"; {len(eval_pairs)} eval pairs" if eval_pairs is not None else "")
         )
     settings = cfg.step_settings()
+    evals: list[dict] = []
+
+    def log_eval(step: int, extra: dict | None = None) -> None:  # collective: every rank evaluates its shard
+        evals.append({"step": step} | evaluate(settings, accelerator, scorer, eval_set, pad_id) | (extra or {}))
+        logger.log(evals[-1])
+
+    if eval_set is not None and start_step == 0:
+        log_eval(0, length_baselines(eval_pairs))
     history: list[dict] = []
     last_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else total_steps
     bar = _progress(is_main, start_step, total_steps)
@@ -329,10 +347,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
             scheduler,
             plan,
             pairs,
-            ref_table,
+            tables.ref,
             pad_id,
             step,
-            token_rewards=token_table,
+            token_rewards=tables.tokens,
         )
         record = step_metrics(out.stats, out.grad_norm, step + 1, scheduler.get_last_lr()[0], time.perf_counter() - t0)
         history.append(record)
@@ -341,6 +359,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+        if eval_set is not None and eval_due(step + 1, cfg.eval_steps, total_steps):
+            log_eval(step + 1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < last_step:
             save_checkpoint(accelerator, run_dir, step + 1, cfg.save_total_limit)
     if bar is not None:
@@ -350,13 +370,24 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     if is_main and last_step == total_steps:
         accelerator.unwrap_model(scorer).model.save_pretrained(final_dir, safe_serialization=True)
         tokenizer.save_pretrained(final_dir)
-    if is_main and history:
-        (run_dir / "report.md").write_text(f"# alignlab train: loss={cfg.loss}\n\n```\n{diagnose(str(run_dir))}\n```\n")
+    if is_main:
+        _write_report(cfg, run_dir, bool(history), eval_set is not None)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     trained = accelerator.unwrap_model(scorer).model
     trained.eval()
-    return TrainResult(run_dir, final_dir, last_step, history, ref_hit, trained, treg_hit)
+    return TrainResult(run_dir, final_dir, last_step, history, tables.ref_hit, trained, tables.treg_hit, evals)
+
+
+def _write_report(cfg: TrainConfig, run_dir: Path, trained: bool, evaluated: bool) -> None:
+    """report.md (the reward curves' verdict, and the held-out evaluation) and best.json (the lowest eval_loss)."""
+    best, rows = None, []
+    if evaluated:
+        rows = read_metrics(run_dir / "metrics.jsonl", rows="eval")
+        best = write_best(run_dir, rows)
+    if trained:
+        text = f"# alignlab train: loss={cfg.loss}\n\n```\n{diagnose(str(run_dir))}\n```\n"
+        (run_dir / "report.md").write_text(text + ("\n" + eval_report(best, rows) if best else ""))
 
 
 def _progress(is_main: bool, start: int, total: int):

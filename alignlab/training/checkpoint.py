@@ -82,6 +82,11 @@ def _ckpt_dirs(run_dir: Path) -> list[Path]:
     return [d for d in _complete(_root(run_dir)).values() if d.name.startswith(_STEP)]
 
 
+def checkpoint_at(run_dir: Path, step: int) -> Path | None:
+    """The complete ``step_N`` checkpoint of ``run_dir`` at ``step``, or None (never saved, or pruned)."""
+    return next((d for d in _ckpt_dirs(run_dir) if _step_of(d.name, _STEP) == step), None)
+
+
 def _clean_stale(root: Path) -> None:
     """Main only, before a save: temp dirs left by a crash go; a set-aside ``.old_step_N`` goes back to
     ``step_N`` when the swap that moved it aside never finished, else it is a leftover and goes too."""

@@ -106,6 +106,17 @@ def pair_logps(out, n: int, ref: torch.Tensor | None) -> PairLogps:
     return PairLogps(s[:n], s[n:], c[:n], c[n:], None if ref is None else ref[:n], None if ref is None else ref[n:])
 
 
+def pair_objective(settings: StepSettings, scorer, batch) -> tuple[ObjectiveOut, PairLogps]:
+    """The objective of one PairBatch under ``scorer`` (training and evaluation alike): per-pair losses and rewards,
+    and the policy's per-sequence log-probs. Token-level losses get the per-token log-probs and ``batch``'s token
+    rewards."""
+    token_level = settings.spec.token_level
+    out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
+    pl = pair_logps(out, batch.n_pairs, batch.ref_logps)
+    tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
+    return preference_objective(pl, settings.spec, settings.params, settings.reference_free, tokens), pl
+
+
 def accumulate_gradients(
     settings: StepSettings,
     accelerator,
@@ -138,10 +149,7 @@ def accumulate_gradients(
         ).to(accelerator.device)
         sync = j == len(micro) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(scorer):
-            out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
-            pl = pair_logps(out, batch.n_pairs, batch.ref_logps)
-            tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
-            obj = preference_objective(pl, settings.spec, settings.params, settings.reference_free, tokens)
+            obj, pl = pair_objective(settings, scorer, batch)
             loss = obj.losses.sum() * world / n_global
             if settings.sft_weight > 0:
                 loss = loss + settings.sft_weight * obj.sft_nll_sum * world / chosen_tokens
