@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import make_pairs
-from tiny_models import tiny_causal_lm, tiny_tokenizer
+from tiny_models import tiny_causal_lm, tiny_tokenizer, tiny_train_config
 
 from alignlab.losses import LOSSES
 from alignlab.models.scorer import SequenceScorer
@@ -19,23 +19,7 @@ from alignlab.training.step import accumulate_gradients
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny",
-        lora=False,
-        report_to="none",
-        cpu=True,
-        gradient_checkpointing=False,
-        per_device_batch_size=4,
-        grad_accum=1,
-        learning_rate=1e-3,
-        output_dir=str(tmp_path / "run"),
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        max_length=128,
-        max_prompt_length=64,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tmp_path, **kw)
 
 
 def _grads(loss: str, per_device: int, accum: int, extra: dict, dtype=torch.float64) -> tuple[list[torch.Tensor], dict]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_pairs
 from launch import write_pairs
-from tiny_models import tiny_causal_lm, tiny_tokenizer
+from tiny_models import tiny_causal_lm, tiny_tokenizer, tiny_train_config
 
 from alignlab.config import ConfigError, build_config
 from alignlab.data.collate import collate_pairs
@@ -38,21 +38,7 @@ NAMES = (
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny",
-        lora=False,
-        report_to="none",
-        cpu=True,
-        gradient_checkpointing=False,
-        per_device_batch_size=4,
-        learning_rate=3e-3,
-        output_dir=str(tmp_path / "run"),
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        max_length=128,
-        max_prompt_length=64,
-    )
-    return TrainConfig(**(base | kw))
+    return tiny_train_config(tmp_path, **({"learning_rate": 3e-3} | kw))
 
 
 def _eval_file(tmp_path: Path, n: int = 9, identical: bool = False) -> Path:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from accelerate import Accelerator
-from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer
+from tiny_models import save_tiny, tiny_causal_lm, tiny_tokenizer, tiny_train_config
 
 from alignlab.data.collate import TokenRewardAlignmentError, collate_pairs
 from alignlab.data.tokenize import PairTokenizer, TokenizedPair, tokenize_pairs
@@ -380,23 +380,7 @@ def test_bad_templates_and_mismatched_response_ids(tmp_path):
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny",
-        lora=False,
-        report_to="none",
-        cpu=True,
-        gradient_checkpointing=False,
-        loss="dpo_treg",
-        per_device_batch_size=4,
-        learning_rate=1e-3,
-        output_dir=str(tmp_path / "run"),
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        max_length=96,
-        max_prompt_length=48,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(tmp_path, **({"loss": "dpo_treg", "max_length": 96, "max_prompt_length": 48} | kw))
 
 
 def test_scorer_with_other_tokenizer_and_missing_text_fail_before_training(tmp_path):

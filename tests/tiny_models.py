@@ -111,3 +111,26 @@ def save_tiny(dirpath: str | Path, seed: int = 0, **tokenizer_kwargs) -> Path:
     tiny_causal_lm(tok, seed=seed).save_pretrained(dirpath)
     tok.save_pretrained(dirpath)
     return dirpath
+
+
+def tiny_train_config(tmp_path, **kw):
+    """A TrainConfig for the tiny test runs (one CPU process, full fine-tuning, constant lr, no tracker);
+    ``kw`` overrides any key."""
+    from alignlab.recipes.train import TrainConfig
+
+    base = dict(
+        model="tiny",
+        lora=False,
+        report_to="none",
+        cpu=True,
+        gradient_checkpointing=False,
+        per_device_batch_size=4,
+        grad_accum=1,
+        learning_rate=1e-3,
+        output_dir=str(Path(tmp_path) / "run"),
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        max_length=128,
+        max_prompt_length=64,
+    )
+    return TrainConfig(**(base | kw))
