@@ -176,6 +176,15 @@ def _plan(s: DecodingEvalSettings, prompts, sub, guide, judge, ro, ro_name, base
     return [row for m in methods for row in plan[m]]
 
 
+def _timing_key(method: str, params: dict) -> str:
+    """The timings/outputs key of a row: the method, told apart where one method gives two rows."""
+    if method == "linear":
+        return f"linear ratio={params['ratio']:g}"
+    if method == "cd":
+        return f"cd {params.get('mode', 'tokenwise')}"
+    return method
+
+
 def _fit_cd(model, tokenizer, s: DecodingEvalSettings, guide, notes: list, timings: dict):
     """CD-FUDGE prefix scorer on train prompts (held out by prompt) and its within-state ranking check on
     validation prompts: V_θ is only useful if it orders the k candidates of one state like their Monte-Carlo
@@ -198,7 +207,7 @@ def _fit_cd(model, tokenizer, s: DecodingEvalSettings, guide, notes: list, timin
         f"prompts in {rep['seconds']:.0f} s; held-out R² (by prompt) {rep['r2_heldout']:.2f}; within-state ranking "
         f"on {s.cd_check_prompts} validation prompts: {check.summary()}"
     )
-    return scorer, rep, check
+    return scorer, check
 
 
 def decoding_rows(
@@ -261,19 +270,16 @@ def decoding_rows(
     plan = _plan(s, prompts, sub, guide, judge, ro, ro_name, baseline_reward, indirect_model)
     rows, results, timings, outputs = [], [], {}, {}
     notes = []
-    extra_rows = {}
+    cd_fit = None  # (scorer, ranking check): one fit serves both cd rows
     base_full: MethodResult | None = None
     for method, name, ps, params, kw, guide_label in plan:
         if method == "cd":
-            if "cd_ranking" not in extra_rows:  # one scorer and one check serve both cd rows
-                scorer, _, check = _fit_cd(model, tokenizer, s, guide, notes, timings)
-                extra_rows["cd_ranking"] = {k: getattr(check, k) for k in ("tau_mean", "tau_se", "states")}
-            kw = dict(scorer=scorer)
+            if cd_fit is None:
+                cd_fit = _fit_cd(model, tokenizer, s, guide, notes, timings)
+            kw = dict(scorer=cd_fit[0])
         t0 = time.perf_counter()  # the row's time is decoding only; cd's fitting is reported separately
         outs = decode(model, tokenizer, ps, method, **kw, **params, **common)
-        key = {"linear": f"linear ratio={params.get('ratio', 0):g}", "cd": f"cd {params.get('mode', 'tokenwise')}"}.get(
-            method, method
-        )
+        key = _timing_key(method, params)
         timings[key] = time.perf_counter() - t0
         outputs[key] = outs
         res = _result(name, outs, gold, ps, kl_default=0.0 if method == "greedy" else None)
@@ -296,7 +302,7 @@ def decoding_rows(
             }
         )
         if method == "cd":
-            row["cd_ranking_tau"] = extra_rows["cd_ranking"]["tau_mean"]
+            row["cd_ranking_tau"] = cd_fit[1].tau_mean
         # "kl" keeps the harness meaning (KL of the output distribution to π_ref, nats per response): only
         # best-of-n (its bound) and sampling π_ref (0) have one. Greedy-selected methods output one fixed
         # response; their figure describes the decoding distribution along that path -> "kl_decoding".
