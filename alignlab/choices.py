@@ -15,6 +15,7 @@ from transformers import SchedulerType
 
 from alignlab.decoding.registry import DECODING
 from alignlab.losses.registry import LOSSES
+from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.losses.treg import WEIGHTINGS
 from alignlab.models.loading import DTYPES, MODEL_ALIASES
 from alignlab.precompute.token_rewards import TEMPLATES
@@ -164,6 +165,11 @@ CONFIG_CHOICES: dict[str, dict[str, Choices]] = {
             "or a comma list of module names, e.g. q_proj,v_proj",
         ),
         "lr_scheduler": scheduler_choices(),
+        "packing": fixed(
+            shared_prompt="one row per pair [prompt, chosen, rejected]: the prompt computed once (default)",
+            dense="several pairs per row, block-diagonal mask: least padding; fp32 rounding depends on the batch",
+            off="two rows per pair (prompt computed twice); also used where the model does not support packing",
+        ),
         "resume_from": Choices(
             {"latest": "the newest complete checkpoint in output_dir/checkpoints (none: start fresh)"},
             "or a checkpoint directory (output_dir/checkpoints/step_N); unset = start fresh",
@@ -208,6 +214,38 @@ CONFIG_CHOICES: dict[str, dict[str, Choices]] = {
     },
     "ScoreConfig": {"reward": reward_choices(with_none=False)},
     "ExportConfig": {"dtype": dtype_choices({"": "the run's dtype (config.yaml)"})},
+}
+
+# `alignlab rm` shares its data, model, LoRA, optimisation and output keys with `alignlab train`
+RM_SHARED_KEYS = ("model", "on_bad", "dtype", "lora_target", "lr_scheduler", "resume_from", "report_to")
+CONFIG_CHOICES["RMConfig"] = {k: CONFIG_CHOICES["TrainConfig"][k] for k in RM_SHARED_KEYS}
+
+# `alignlab rl`: its own enumerations from the RL registry, and the policy/reward keys shared with the others
+CONFIG_CHOICES["RLConfig"] = {
+    "model": model_choices(),
+    "prompts": Choices(
+        {f"task:{s}": f"the embedded task's {s} prompts" for s in SPLITS},
+        "or a prompt file: .txt (one per line) or .jsonl (prompt / instruction / messages)",
+    ),
+    "reward": reward_choices(with_none=False),
+    **_DTYPE,
+    "algo": Choices({n: s.summary for n, s in RL_ALGOS.items()}),
+    "kl_estimator": fixed(
+        k1="log pi - log pi_ref per token (unbiased, can be negative)", k3="(r - 1) - log r, r = pi_ref/pi (>= 0)"
+    ),
+    "loss_type": fixed(
+        grpo="grpo: each sequence's token mean, then the mean over sequences (length bias)",
+        dapo="grpo: token sum / active tokens of the whole mini-batch (TRL's default)",
+        dr_grpo="grpo: token sum / (sequences x max_new_tokens) (Dr. GRPO)",
+        bnpo="grpo: token sum / active tokens (normalised over the mini-batch)",
+    ),
+    "scale_rewards": fixed(
+        group="grpo: (r - group mean) / group std", batch="grpo: / the batch std", none="grpo: no scaling (Dr. GRPO)"
+    ),
+    "rollout_backend": fixed(hf="Hugging Face generate on the training policy (weights always in sync)"),
+    "lora_target": CONFIG_CHOICES["TrainConfig"]["lora_target"],
+    "resume_from": CONFIG_CHOICES["TrainConfig"]["resume_from"],
+    "report_to": CONFIG_CHOICES["TrainConfig"]["report_to"],
 }
 
 

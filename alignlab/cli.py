@@ -46,6 +46,28 @@ COMMANDS = [
         "Works as one CPU process or under `accelerate launch` with N processes/GPUs.",
     ),
     Command(
+        "rm",
+        "alignlab.recipes.rm",
+        "RMConfig",
+        "Bradley–Terry reward models on preference pairs (LoRA or full)",
+        "Train a scalar reward model (a causal-LM backbone with a new score head, read at the last real token) on "
+        "preference pairs with the Bradley–Terry loss. Writes the resolved config, metrics.jsonl (accuracy, margin, "
+        "ties, rewards), held-out accuracy beside a length-only baseline, checkpoints, report.md and output_dir/final: "
+        "a plain transformers sequence-classification model with its normalisation in config.json "
+        "(docs/reward_models.md).",
+    ),
+    Command(
+        "rl",
+        "alignlab.recipes.rl",
+        "RLConfig",
+        "online RL against a reward: PPO, RLOO, GRPO (rollouts, KL to the reference, LoRA)",
+        "Sample responses to prompts with the policy, score them with a reward (the gold, a reward model from "
+        "`alignlab rm`, or any reward `alignlab score` accepts) and update the policy with PPO (value model, GAE), "
+        "RLOO or GRPO. Writes the resolved config, metrics.jsonl (reward, KL to the reference and to the initial "
+        "policy, entropy, clip fractions, value loss, response length, EOS share, time per phase), checkpoints, "
+        "report.md and output_dir/final (docs/rlhf.md).",
+    ),
+    Command(
         "demo",
         "alignlab.recipes.demo",
         "DemoConfig",

@@ -19,6 +19,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from alignlab.data.tokenize import PairTokenizer
+from alignlab.models.reward_model import FORMAT, FORMAT_KEY, reward_normalisation
+
 
 @runtime_checkable
 class Reward(Protocol):
@@ -50,6 +53,13 @@ class HFRewardModel:
     once; a BOS is added only if the tokenizer adds one itself and the text does not already start with it
     (never two). Over-long inputs keep their **last** ``max_length`` tokens (the response end matters most).
     The score is logit ``label_index`` (default 0 for a 1-label head, else the last label).
+
+    Reward models trained by ``alignlab rm`` (alignlab.models.reward_model) are recognised by their config.json:
+    - ``alignlab_reward_format="prompt_response_eos"``: they are scored on the input layout they were trained on,
+      the prompt rendered as a user turn with the generation prompt, then the response's own ids and one EOS
+      (alignlab.data.tokenize.PairTokenizer: ids concatenated, never a re-tokenised joined string);
+    - ``alignlab_reward_offset`` / ``alignlab_reward_scale``: every returned score is (raw − offset) / scale (absent:
+      0 and 1, i.e. raw logits; ``self.offset`` / ``self.scale`` hold them, ``normalize=False`` ignores them).
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class HFRewardModel:
         label_index: int | None = None,
         device: str | None = None,
         dtype: torch.dtype = torch.float32,
+        normalize: bool = True,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -88,9 +99,16 @@ class HFRewardModel:
             and tok("a", add_special_tokens=False)["input_ids"][:1] != [tok.bos_token_id]
         )
         self.last_texts: list[str] = []  # what was sent to the model in the latest call (for audits)
+        self.offset, self.scale = reward_normalisation(self.model.config) if normalize else (0.0, 1.0)
+        trained_format = getattr(self.model.config, FORMAT_KEY, None)
+        if trained_format not in (None, FORMAT):
+            raise ValueError(f"{self.name}: unknown {FORMAT_KEY}={trained_format!r} (this alignlab reads {FORMAT!r})")
+        self._pairs = PairTokenizer(tok) if trained_format == FORMAT else None
 
     def format(self, prompt: str, response: str) -> str:
         tok = self.tokenizer
+        if self._pairs is not None:  # the text of encode()'s ids (audits only: the ids are never re-tokenised)
+            return tok.decode(self.encode(prompt, response))
         if tok.chat_template:
             return tok.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
@@ -98,6 +116,8 @@ class HFRewardModel:
         return prompt + self.separator + response
 
     def encode(self, prompt: str, response: str) -> list[int]:
+        if self._pairs is not None:  # alignlab rm's layout: prompt ids + response ids + EOS, last max_length kept
+            return (self._pairs.prompt_ids(prompt) + self._pairs.completion_ids(response))[-self.max_length :]
         return self._ids(self.format(prompt, response))
 
     def _ids(self, text: str) -> list[int]:
@@ -117,8 +137,12 @@ class HFRewardModel:
     def __call__(self, prompts, responses, finished=None) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        self.last_texts = [self.format(p, r) for p, r in zip(prompts, responses)]
-        rows = [self._ids(t) for t in self.last_texts]  # format once: it runs the chat template
+        if self._pairs is not None:
+            rows = [self.encode(p, r) for p, r in zip(prompts, responses)]
+            self.last_texts = [self.tokenizer.decode(r) for r in rows]
+        else:
+            self.last_texts = [self.format(p, r) for p, r in zip(prompts, responses)]
+            rows = [self._ids(t) for t in self.last_texts]  # format once: it runs the chat template
         device = next(self.model.parameters()).device
         out: list[float] = []
         for s in range(0, len(rows), self.batch_size):
@@ -138,7 +162,8 @@ class HFRewardModel:
                 logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
             finally:
                 self.model.config.pad_token_id = old
-            out.extend(logits[:, self.label_index].float().cpu().tolist())
+            raw = logits[:, self.label_index].double().cpu()
+            out.extend(((raw - self.offset) / self.scale).tolist())
         return out
 
     def _free_id(self, rows: list[list[int]]) -> int:

@@ -24,7 +24,19 @@ LAYERS = {
     "recipes": 5,
     "cli": 6,
 }
-ENTRY_POINTS = {"__init__", "train", "demo", "generate", "heatmap", "diagnose", "score", "export", "compare"}
+ENTRY_POINTS = {
+    "__init__",
+    "train",
+    "demo",
+    "generate",
+    "heatmap",
+    "diagnose",
+    "score",
+    "export",
+    "compare",
+    "rm",
+    "rl",
+}
 
 
 def _imports(path: Path):

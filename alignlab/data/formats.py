@@ -2,7 +2,10 @@
 
 Inputs (``spec``)
 -----------------
-* ``path.jsonl`` / ``path.jsonl.gz``: one JSON object per line.
+* ``path.jsonl`` / ``path.jsonl.gz``: one JSON object per line. A row range may follow the path, Python slice
+  style over the file's non-blank rows (0-based, ``stop`` excluded, negative counts from the end):
+  ``hh.jsonl.gz[:1800]`` (the first 1,800 rows), ``hh.jsonl.gz[-512:]`` (the last 512). Sources keep the file's
+  own line numbers. Same for prompt files.
 * ``hf:org/name`` or ``hf:org/name:config`` (a Hub dataset, with ``split``), ``hf:/some/dir`` or a bare
   directory path (a ``save_to_disk`` directory, or a data directory ``load_dataset`` understands).
   Any failure inside ``datasets`` (e.g. the dataset is not cached and ``HF_DATASETS_OFFLINE=1``) is
@@ -141,7 +144,7 @@ def load_prompts(spec: str, limit: int | None = None) -> list[tuple[str | list[d
     ending with a user turn), looked up in that order. Anything unusable raises ``DataError`` naming the
     source (file:line) and field: there is no report here, so nothing may be dropped.
     """
-    rows = _iter_txt(Path(spec)) if spec.endswith(".txt") else _iter_rows(spec, "train")
+    rows = _iter_txt(Path(spec)) if spec.endswith(".txt") else _iter_rows(spec, "train")  # "f.jsonl[a:b]" too
     out: list[tuple[str | list[dict], str]] = []
     for source, row in rows:
         if limit is not None and len(out) >= limit:
@@ -153,8 +156,23 @@ def load_prompts(spec: str, limit: int | None = None) -> list[tuple[str | list[d
 # ----------------------------------------------------------------------------- reading rows
 
 
+_ROW_RANGE = re.compile(r"^(?P<path>.+\.jsonl(?:\.gz)?)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+def _row_range(spec: str) -> tuple[str, slice | None]:
+    """``"f.jsonl.gz[a:b]"`` -> ("f.jsonl.gz", slice(a, b)); any other spec -> (spec, None)."""
+    m = _ROW_RANGE.match(spec)
+    if not m:
+        return spec, None
+    start, stop = (int(v) if v else None for v in (m["start"], m["stop"]))
+    return m["path"], slice(start, stop)
+
+
 def _iter_rows(spec: str, split: str) -> Iterator[tuple[str, object]]:
     """Yield (source, row) where row is the parsed object or the DataError reading it raised."""
+    path, rows = _row_range(spec)
+    if rows is not None:
+        return iter(list(_iter_jsonl(Path(path)))[rows])  # a negative bound needs the row count: read them all
     if spec.startswith("hf:"):
         return _iter_hf(spec, split)
     if os.path.isdir(spec):

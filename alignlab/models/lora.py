@@ -26,12 +26,16 @@ def apply_lora(
     dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
     top_layers: int = 0,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
 ) -> PeftModel:
     """Wrap ``model`` with a fresh trainable LoRA adapter (B=0, so outputs equal the base at init).
 
     ``"all-linear"`` targets every linear layer except the output head; pass an explicit list for
     models with non-standard module names (e.g. mixture-of-experts). ``top_layers`` > 0 restricts the
-    adapters to the last N transformer blocks.
+    adapters to the last N transformer blocks. ``task_type="SEQ_CLS"`` with ``modules_to_save=["score"]`` is the
+    reward-model set-up (alignlab.models.reward_model): adapters on the backbone, the new scalar head trained in
+    full; modules listed there never get an adapter.
     """
     layers = None
     if top_layers > 0:
@@ -47,14 +51,16 @@ def apply_lora(
                     for n, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) and m is not head
                 }
+                - set(modules_to_save or [])
             )
     config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
         layers_to_transform=layers,
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, config)
 

@@ -1,0 +1,351 @@
+"""`alignlab rl`: online RL against a reward (PPO, RLOO, GRPO) on accelerate; docs/rlhf.md.
+
+One readable loop; the same code runs as 1 CPU process or under `accelerate launch`:
+1. validate the config (a key the chosen algorithm does not read is an error), read the prompts, load the policy
+   (LoRA by default: the reference is the base model with the adapter off, one copy of the weights), the reward
+   (a trained reward model directory, the gold, or any reward ``alignlab score`` accepts) and, for PPO, the value
+   model;
+2. every step: sample ``group_size`` responses for ``prompts_per_step`` prompts (``alignlab.rollout.rl_rollout``),
+   score them with the reward (text in: a reward model with another tokenizer re-tokenises), score them with the
+   policy, the reference (and the value model) in the micro-batches the update will use, compute advantages and
+   run the update (``alignlab.training.rl_step``, the one place the gradient is assembled);
+3. log one metrics.jsonl row per step (reward, KL to the reference and to the initial policy, entropy, clip
+   fractions, value loss, response length, EOS share, where the time went), checkpoint, resume exactly.
+Checks that stop or warn: a non-finite reward or gradient stops the run naming the step; before the first
+update the sampler's log-probs must match the trainer's (a temperature or weight mismatch stops the run); a
+negative mean per-token KL is an alert in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from alignlab.config import ConfigError, config_dict, reject_unread, save_config
+from alignlab.losses.rl_registry import RL_ALGOS, RL_KEYS
+from alignlab.models.lora import reference_mode
+from alignlab.models.scorer import SequenceScorer
+from alignlab.rollout.rl_rollout import BACKENDS, RolloutSettings, apply_rewards, encode_prompts, sample_rollouts
+from alignlab.rollout.rl_setup import (
+    RolloutMismatchError,
+    check_sampler_agreement,
+    load_policy,
+    load_prompt_texts,
+    load_value_model,
+    prompts_for_step,
+    reward_for,
+)
+from alignlab.training import rl_step
+from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
+from alignlab.training.metrics import MetricsLogger
+from alignlab.training.rl_batch import ValueScorer, response_logps, token_values
+from alignlab.training.trackers import (
+    DEFAULT_PROJECT,
+    active_trackers,
+    default_trackers,
+    make_trackers,
+    parse_report_to,
+    tracker_config,
+)
+
+# The per-token KL is a sampled estimate: tiny negatives are noise; below this (nats per token) it is an alert.
+NEGATIVE_KL_ALERT = 1e-3
+
+__all__ = ["RLConfig", "main", "rl", "RolloutMismatchError"]
+
+
+@dataclass
+class RLConfig:
+    # policy, prompts, reward
+    model: str = "smollm2-135m-instruct"  # hub id, local path, or built-in alias
+    prompts: str = "task:train"  # task:<split> (the embedded task's prompts) or a prompt file (.txt/.jsonl)
+    limit: int | None = None  # use at most this many prompts
+    reward: str = "gold"  # gold | gold-v1 | gold-v2 | a reward-model directory (alignlab rm) or hub id
+    track_gold: bool = True  # also log the gold reward of every rollout when `reward` is not the gold
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    # algorithm (docs/rlhf.md: defaults are TRL's)
+    algo: str = "rloo"  # ppo | rloo | grpo
+    group_size: int | None = None  # samples per prompt; None: the algorithm's default (1, 2, 8)
+    prompts_per_step: int = 8  # per process
+    max_new_tokens: int = 64
+    max_prompt_length: int = 256
+    temperature: float | None = None  # None: 0.7 for ppo, 1.0 for rloo/grpo
+    kl_coef: float | None = None  # None: the algorithm's default (0.05, 0.05, 0.0)
+    kl_estimator: str | None = None  # k1 | k3; None: k1 (ppo, rloo), k3 (grpo)
+    cliprange: float = 0.2
+    num_ppo_epochs: int | None = None  # None: 4 for ppo, 1 for rloo/grpo
+    num_mini_batches: int = 1
+    per_device_batch_size: int = 8  # rows per micro-batch
+    # algorithm-specific (a key the chosen algorithm does not read must stay at its default)
+    cliprange_value: float = 0.2  # ppo
+    vf_coef: float = 0.1  # ppo
+    gamma: float = 1.0  # ppo
+    gae_lambda: float = 0.95  # ppo
+    whiten_rewards: bool = False  # ppo
+    value_model: str = ""  # ppo: "" = the reward model when it is one of the policy's architecture, else the policy
+    loss_type: str = "dapo"  # grpo: grpo | dapo | dr_grpo | bnpo
+    scale_rewards: str = "group"  # grpo: group | batch | none
+    epsilon_high: float | None = None  # grpo: upper clip (None: = cliprange)
+    normalize_advantages: bool = False  # rloo
+    missing_eos_penalty: float | None = None  # subtracted from the score of a response without EOS
+    # reference
+    ref_sync_every: int = 0  # > 0: ref <- (1 - a) ref + a policy every N steps (TR-DPO style); 0: frozen
+    ref_sync_alpha: float = 0.6
+    # parameter-efficient fine-tuning
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_target: str = "all-linear"
+    # optimisation
+    learning_rate: float = 5e-5
+    max_grad_norm: float = 1.0
+    max_steps: int = 20  # rollout + update steps
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    rollout_backend: str = "hf"
+    # output
+    output_dir: str = "runs/rl"
+    save_steps: int = 0  # 0: only the final checkpoint
+    save_total_limit: int = 1
+    resume_from: str | None = None
+    stop_after_steps: int | None = None
+    report_to: list[str] = field(default_factory=default_trackers)
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        self.report_to = parse_report_to(self.report_to)
+
+    def validate(self) -> None:
+        if self.algo not in RL_ALGOS:
+            raise ConfigError(f"algo: unknown {self.algo!r}; choose one of {', '.join(RL_ALGOS)}")
+        spec = RL_ALGOS[self.algo]
+        for key in sorted(set(RL_KEYS) - set(spec.reads)):
+            if hasattr(self, key):
+                readers = [n for n, s in RL_ALGOS.items() if key in s.reads]
+                reject_unread(self, [key], f"algo={self.algo} does not read it; algorithms that do: {readers}")
+        if not self.lora:
+            reject_unread(self, ["lora_r", "lora_alpha", "lora_target"], "lora=false does not read the LoRA keys")
+        if self.kl_estimator not in (None, "k1", "k3"):
+            raise ConfigError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.rollout_backend not in BACKENDS:
+            raise ConfigError(f"rollout_backend: choose one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
+        if self.group_size is not None and self.group_size < (2 if self.algo in ("rloo", "grpo") else 1):
+            raise ConfigError(f"group_size {self.group_size}: {self.algo} needs at least 2 samples per prompt")
+        if self.ref_sync_every == 0:
+            reject_unread(self, ["ref_sync_alpha"], "ref_sync_every=0 keeps the reference frozen")
+        if self.ref_sync_every and self.resume_from:
+            raise ConfigError("resume_from with ref_sync_every > 0: the synced reference is not checkpointed yet")
+        if self.prompts_per_step < 1 or self.per_device_batch_size < 1 or self.max_steps < 1:
+            raise ConfigError("prompts_per_step, per_device_batch_size and max_steps must be >= 1")
+        if self.reward.startswith("gold"):
+            reject_unread(self, ["track_gold"], "the reward is the gold already")
+        active_trackers(self.report_to)
+
+    def settings(self) -> rl_step.RLSettings:
+        spec = RL_ALGOS[self.algo]
+        return rl_step.RLSettings(
+            algo=self.algo,
+            kl_coef=spec.default_kl_coef if self.kl_coef is None else self.kl_coef,
+            kl_estimator=self.kl_estimator or spec.kl_estimator,
+            cliprange=self.cliprange,
+            epsilon_high=self.epsilon_high,
+            cliprange_value=self.cliprange_value,
+            vf_coef=self.vf_coef,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            whiten_rewards=self.whiten_rewards,
+            num_ppo_epochs=self.num_ppo_epochs or (4 if self.algo == "ppo" else 1),
+            num_mini_batches=self.num_mini_batches,
+            micro_batch_size=self.per_device_batch_size,
+            loss_type=self.loss_type,
+            scale_rewards=self.scale_rewards,
+            normalize_advantages=self.normalize_advantages,
+            max_new_tokens=self.max_new_tokens,
+            max_grad_norm=self.max_grad_norm,
+            seed=self.seed,
+        )
+
+    def rollout(self) -> RolloutSettings:
+        spec = RL_ALGOS[self.algo]
+        t = self.temperature if self.temperature is not None else (0.7 if self.algo == "ppo" else 1.0)
+        k = self.group_size or spec.default_group_size
+        return RolloutSettings(k, self.max_new_tokens, t, self.max_prompt_length, self.rollout_backend)
+
+
+@dataclass
+class RLResult:
+    run_dir: Path
+    steps: int
+    metrics: list[dict]
+    model: object = None
+
+
+def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
+    """Run the recipe; ``model``/``tokenizer``/``reward`` may be passed in (tests, demos)."""
+    cfg.validate()
+    run_dir = Path(cfg.output_dir)
+    trackers = active_trackers(cfg.report_to)
+    accelerator = Accelerator(cpu=cfg.cpu, log_with=make_trackers(trackers, run_dir) or None, project_dir=str(run_dir))
+    set_seed(cfg.seed)
+    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    prompts = load_prompt_texts(cfg.prompts, cfg.limit)  # bad prompts fail before any model loads
+    s, ro = cfg.settings(), cfg.rollout()
+    model, tokenizer, ref_model = load_policy(cfg, model, tokenizer)
+    encode_prompts(tokenizer, prompts, ro.max_prompt_length)  # a prompt that is too long: an error now, not at step N
+    reward = reward or reward_for(cfg.reward)
+    gold = reward_for("gold") if (cfg.track_gold and not cfg.reward.startswith("gold")) else None
+    value = ValueScorer(load_value_model(cfg, model)) if s.algo == "ppo" else None
+    if is_main:
+        save_config(cfg, run_dir)
+    policy = SequenceScorer(model, temperature=ro.temperature)
+    params = [p for m in (policy, value) if m is not None for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    if value is not None:
+        policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
+    else:
+        policy, optimizer = accelerator.prepare(policy, optimizer)
+    start = 0
+    resume_dir = find_resume_dir(cfg.resume_from, run_dir)
+    if resume_dir is not None:
+        start = load_checkpoint(accelerator, resume_dir)
+        if is_main:
+            print(f"[alignlab] resumed from {resume_dir} at step {start}")
+    if trackers:
+        accelerator.init_trackers(DEFAULT_PROJECT, config=tracker_config(config_dict(cfg)))
+    logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start > 0)
+    last = min(cfg.max_steps, cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps
+    if is_main:
+        print(
+            f"[alignlab] rl algo={cfg.algo}: {len(prompts)} prompts, {cfg.prompts_per_step} x {ro.group_size} "
+            f"samples per step and process, {world} process(es) on {accelerator.device}, {cfg.max_steps} steps"
+        )
+    raw_policy = accelerator.unwrap_model(policy).model
+    ref_scorer = SequenceScorer(ref_model, temperature=ro.temperature) if ref_model is not None else None
+
+    def ref_logp(rows):  # the reference: the adapter off (frozen), or the EMA copy
+        if ref_scorer is not None:
+            return response_logps(ref_scorer, rows)
+        with reference_mode(raw_policy):
+            return response_logps(policy, rows)
+
+    history: list[dict] = []
+    bar = _progress(is_main, start, cfg.max_steps)
+    for step in range(start, last):
+        t0 = time.perf_counter()
+        step_prompts = prompts_for_step(prompts, cfg.prompts_per_step, step, rank, world, cfg.seed)
+        batch = sample_rollouts(raw_policy, tokenizer, step_prompts, ro, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
+        t1 = time.perf_counter()
+        counts = apply_rewards(batch, reward, cfg.missing_eos_penalty)
+        gold_mean = (
+            float(torch.tensor(gold(batch.prompts, batch.responses, batch.finished.tolist())).mean()) if gold else None
+        )
+        t2 = time.perf_counter()
+        orders = rl_step.epoch_orders(replace(s, seed=cfg.seed + step), len(batch))
+        vfn = (lambda rows: token_values(value, rows)) if value is not None else None
+        rl_step.score_rollouts(s, batch, policy, ref_logp, orders[0], vfn)
+        if ref_scorer is not None:
+            with reference_mode(raw_policy), torch.no_grad():
+                batch.init_logp = response_logps(policy, batch.to(accelerator.device)).float().cpu()
+        if step == start:
+            check_sampler_agreement(batch, step)
+        stats = rl_step.advantages(s, batch)
+        t3 = time.perf_counter()
+        upd = rl_step.update(s, accelerator, policy, optimizer, None, batch, orders, step, value)
+        t4 = time.perf_counter()
+        if ref_model is not None and (step + 1) % cfg.ref_sync_every == 0:
+            _sync_reference(ref_model, raw_policy, cfg.ref_sync_alpha)
+        record = _record(step, batch, counts, stats, upd, gold_mean, (t0, t1, t2, t3, t4), accelerator)
+        history.append(record)
+        logger.log(record)
+        if record["kl_ref_per_token"] < -NEGATIVE_KL_ALERT and is_main:
+            print(
+                f"[alignlab] alert: mean per-token KL to the reference is negative at step {step + 1} "
+                f"({record['kl_ref_per_token']:.4g}): sampling and scoring may disagree (docs/rlhf.md)"
+            )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl_init_seq']:.3f}")
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < last:
+            save_checkpoint(accelerator, run_dir, step + 1, cfg.save_total_limit)
+    if bar is not None:
+        bar.close()
+    save_checkpoint(accelerator, run_dir, last, cfg.save_total_limit)
+    if is_main and last == cfg.max_steps:
+        raw_policy.save_pretrained(run_dir / "final", safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / "final")
+        _write_report(cfg, run_dir, history)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return RLResult(run_dir, last, history, raw_policy)
+
+
+def _sync_reference(ref_model, policy_model, alpha: float) -> None:
+    from alignlab.losses.rl import ema_sync_
+    from alignlab.rollout.rl_setup import merged_policy_params
+
+    ref = dict(ref_model.named_parameters())
+    pol = merged_policy_params(policy_model)
+    names = [n for n in pol if n in ref]
+    ema_sync_([ref[n] for n in names], [pol[n] for n in names], alpha)
+
+
+def _record(step, batch, counts, stats, upd, gold_mean, t, accelerator) -> dict:
+    scores = accelerator.gather(batch.scores.to(accelerator.device)).float()
+    mask = batch.response_mask
+    entropy = float(-(batch.old_logp * mask).sum() / mask.sum().clamp(min=1))  # E[-log π(y)] over sampled y
+    new_tokens = float(mask.sum())
+    row = {
+        "step": step + 1,
+        "reward": float(scores.mean()),
+        "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+        **counts,
+        **stats,
+        "entropy": entropy,
+        **{k: v for k, v in upd.items() if v is not None},
+        "time/rollout_s": t[1] - t[0],
+        "time/reward_s": t[2] - t[1],
+        "time/score_s": t[3] - t[2],
+        "time/update_s": t[4] - t[3],
+        "time/step_s": t[4] - t[0],
+        "rollout_tokens_per_s": new_tokens / max(t[1] - t[0], 1e-9),
+    }
+    if gold_mean is not None:
+        row["gold"] = gold_mean
+    return row
+
+
+def _write_report(cfg: RLConfig, run_dir: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    first, lastr = history[0], history[-1]
+    keys = ["reward", "gold", "kl_init_seq", "kl_ref_per_token", "entropy", "response_length", "eos_share"]
+    lines = [
+        f"# alignlab rl: algo={cfg.algo}, reward={cfg.reward}",
+        "",
+        "| metric | first step | last step |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {first[k]:.4g} | {lastr[k]:.4g} |" for k in keys if k in first]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps({"first": first, "last": lastr}, indent=2))
+
+
+def _progress(is_main: bool, start: int, total: int):
+    if not is_main:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="rl", dynamic_ncols=True)
+
+
+def main(cfg: RLConfig) -> RLResult:
+    res = rl(cfg)
+    print(f"done: {res.steps} steps; run directory {res.run_dir}")
+    return res
