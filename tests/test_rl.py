@@ -204,3 +204,22 @@ def test_lora_copy_is_not_shared():
     with torch.no_grad():
         assert torch.allclose(ref(x).logits, policy(x).logits, atol=1e-5)
     assert all(torch.equal(before[n], p) for n, p in policy.named_parameters())
+
+
+def test_reward_model_with_another_tokenizer_sees_text(tmp_path):
+    """A reward model whose tokenizer differs from the policy's (here: it adds BOS and has another chat template)
+    scores the decoded text, re-tokenised with its own tokenizer; token ids never cross (docs/rlhf.md)."""
+    from alignlab.models.reward_model import load_reward_backbone, save_reward_model
+    from alignlab.rewards import HFRewardModel
+
+    d = save_tiny(tmp_path / "rm_base", seed=4, add_bos=True, default_system="You judge.")
+    rm, rm_tok = load_reward_backbone(str(d))
+    save_reward_model(rm, rm_tok, tmp_path / "rm", offset=0.5, scale=2.0)
+    reward = HFRewardModel(str(tmp_path / "rm"))
+    model, tok = tiny_policy(5)
+    res = rl(tiny_cfg(tmp_path, max_steps=1), model=model, tokenizer=tok, reward=reward)
+    assert res.metrics[0]["check/first_ratio_max_dev"] == 0.0
+    sent = reward.last_texts  # what the RM saw in the step: its own chat template around the decoded text
+    assert len(sent) == 4 and all(t.startswith("<|im_start|>system\nYou judge.") for t in sent)
+    assert reward.encode("p", "r")[0] == rm_tok.bos_token_id  # re-tokenised by the RM: its BOS, not the policy's
+    assert torch.isfinite(torch.tensor(res.metrics[0]["reward"]))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
+from alignlab.models.reward_model import HEAD, base_transformers_model
 from alignlab.models.scorer import SequenceScorer, position_ids_from_mask
 
 
@@ -96,14 +97,6 @@ def response_logps(scorer: SequenceScorer, batch: RolloutBatch) -> torch.Tensor:
     return out.token[:, P - 1 :]  # token[:, j] scores input column j + 1
 
 
-def backbone_of(model):
-    """(decoder, head) of a sequence-classification model, through a PEFT wrapper when there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(base, base.base_model_prefix)
-    head = base.score if hasattr(base, "score") else base.classifier
-    return decoder, head
-
-
 class ValueScorer(nn.Module):
     """Wraps a one-label sequence-classification model (the value model); forward returns its head at every
     position [B, L] in fp32, not pooled. A module so that accelerate/DDP wraps what runs (like SequenceScorer)."""
@@ -113,7 +106,8 @@ class ValueScorer(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        decoder, head = backbone_of(self.model)
+        hf = base_transformers_model(self.model)  # through a PEFT wrapper (its adapters are injected in place)
+        decoder, head = getattr(hf, hf.base_model_prefix), getattr(hf, HEAD)
         pos = position_ids_from_mask(attention_mask)
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state
         return head(hidden).squeeze(-1).float()
