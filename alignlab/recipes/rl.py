@@ -240,7 +240,8 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     for step in range(start, last):
         t0 = time.perf_counter()
         step_prompts = prompts_for_step(prompts, cfg.prompts_per_step, step, rank, world, cfg.seed)
-        batch = sample_rollouts(raw_policy, tokenizer, step_prompts, ro, seed=cfg.seed * 1_000_003 + step * 1009 + rank)
+        seed = cfg.seed * 1_000_003 + step * 1009 + rank
+        batch = sample_rollouts(raw_policy, tokenizer, step_prompts, ro, seed, sampler_logps=step == start)
         t1 = time.perf_counter()
         counts = apply_rewards(batch, reward, cfg.missing_eos_penalty)
         gold_mean = (

@@ -73,8 +73,13 @@ def response_mask_of(tokens: torch.Tensor, stops: list[int]) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def sample_rollouts(model, tokenizer, prompts: list[Text], s: RolloutSettings, seed: int) -> RolloutBatch:
-    """``group_size`` samples of every prompt, prompt-major; scores are left empty (``score_rollouts``)."""
+def sample_rollouts(
+    model, tokenizer, prompts: list[Text], s: RolloutSettings, seed: int, sampler_logps: bool = True
+) -> RolloutBatch:
+    """``group_size`` samples of every prompt, prompt-major; scores are left empty (``apply_rewards``).
+
+    sampler_logps: keep the sampler's own log-probs (needs every step's [rows, vocab] scores: the recipe asks only
+    on the step it checks them)."""
     from transformers import GenerationConfig
 
     if s.backend not in BACKENDS:
@@ -96,7 +101,7 @@ def sample_rollouts(model, tokenizer, prompts: list[Text], s: RolloutSettings, s
         eos_token_id=stops,
         pad_token_id=pad_id,
         use_cache=True,
-        output_scores=True,
+        output_scores=sampler_logps,
         return_dict_in_generate=True,
     )
     torch.manual_seed(seed)
@@ -111,9 +116,13 @@ def sample_rollouts(model, tokenizer, prompts: list[Text], s: RolloutSettings, s
     tokens = out.sequences[:, P:].cpu()
     mask, finished = response_mask_of(tokens, stops)
     tokens = torch.where(mask, tokens, torch.full_like(tokens, pad_id))
-    scores = torch.stack(out.scores, dim=1).float().cpu()  # [B, T, V]: logits / temperature
-    sampler_logp = torch.log_softmax(scores, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    sampler_logp = torch.where(mask, sampler_logp, torch.zeros(()))
+    sampler_logp = None
+    if sampler_logps:  # each step's processed scores are logits / temperature: one [rows, vocab] at a time
+        cols = [
+            torch.log_softmax(sc.float(), -1).gather(-1, tokens[:, t : t + 1].to(sc.device)).cpu()
+            for t, sc in enumerate(out.scores)
+        ]
+        sampler_logp = torch.where(mask, torch.cat(cols, 1), torch.zeros(()))
     texts = [prompt_text(p) for p in prompts for _ in range(s.group_size)]
     responses = [_decode(tokenizer, t, m, stops) for t, m in zip(tokens, mask)]
     return RolloutBatch(
