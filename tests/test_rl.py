@@ -187,23 +187,42 @@ def test_config_rejects_keys_the_algorithm_does_not_read():
     assert cfg.settings().kl_coef == 0.0 and cfg.settings().kl_estimator == "k3" and cfg.rollout().group_size == 8
 
 
-def test_lora_copy_is_not_shared():
-    """The moving reference is a copy: syncing it never touches the policy's weights."""
-    from alignlab.recipes.rl import _sync_reference
+def test_reference_sync_copies_merged_policy_and_never_touches_it():
+    """Spec §7.13 through the run's References: α = 1 makes the reference the merged LoRA policy; the policy's
+    weights are untouched; the sync fires only after multiples of ref_sync_every."""
+    from alignlab.rollout.rl_setup import References
 
     model, _ = tiny_policy()
-    ref = copy.deepcopy(model)
+    cfg = RLConfig(ref_sync_every=2, ref_sync_alpha=1.0)
+    refs = References(cfg, model, 1.0)
     policy = apply_lora(model, r=4, alpha=8)
     with torch.no_grad():
         for n, p in policy.named_parameters():
             if "lora_B" in n:
                 p.fill_(0.01)
     before = {n: p.clone() for n, p in policy.named_parameters()}
-    _sync_reference(ref, policy, 1.0)  # alpha 1: the reference becomes the merged policy
     x = torch.tensor([[1, 2, 3, 4]])
+    assert not refs.maybe_sync(0, policy)  # step 1: not a multiple of 2
     with torch.no_grad():
-        assert torch.allclose(ref(x).logits, policy(x).logits, atol=1e-5)
+        assert not torch.allclose(refs.ref(x).logits, policy(x).logits, atol=1e-4)
+    assert refs.maybe_sync(1, policy)  # step 2
+    with torch.no_grad():
+        assert torch.allclose(refs.ref(x).logits, policy(x).logits, atol=1e-5)
     assert all(torch.equal(before[n], p) for n, p in policy.named_parameters())
+
+
+@pytest.mark.parametrize("kw", [dict(lora=False), dict(ref_sync_every=1), dict(lora=False, ref_sync_every=1)])
+def test_full_finetuning_and_moving_reference_run(tmp_path, kw):
+    """Full fine-tuning keeps a frozen reference copy; a moving reference also logs KL to the initial policy, which
+    departs from KL to the reference once the reference has moved."""
+    model, tok = tiny_policy(6)
+    res = rl(tiny_cfg(tmp_path, max_steps=2, learning_rate=1e-2, **kw), model=model, tokenizer=tok, reward=REWARD)
+    first, second = res.metrics
+    assert first["check/first_ratio_max_dev"] == 0.0 and first["kl_ref_seq"] == 0.0 == first["kl_init_seq"]
+    if kw.get("ref_sync_every"):
+        assert second["kl_ref_seq"] != second["kl_init_seq"]
+    else:
+        assert second["kl_ref_seq"] == second["kl_init_seq"]
 
 
 def test_reward_model_with_another_tokenizer_sees_text(tmp_path):

@@ -29,7 +29,6 @@ from accelerate.utils import set_seed
 
 from alignlab.config import ConfigError, config_dict, reject_unread, save_config
 from alignlab.losses.rl_registry import RL_ALGOS, RL_KEYS
-from alignlab.models.lora import reference_mode
 from alignlab.models.scorer import SequenceScorer
 from alignlab.rollout.rl_rollout import BACKENDS, RolloutSettings, apply_rewards, encode_prompts, sample_rollouts
 from alignlab.rollout.rl_setup import (
@@ -44,7 +43,7 @@ from alignlab.rollout.rl_setup import (
 from alignlab.training import rl_step
 from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
 from alignlab.training.metrics import MetricsLogger
-from alignlab.training.rl_batch import ValueScorer, response_logps, token_values
+from alignlab.training.rl_batch import ValueScorer, token_values
 from alignlab.training.trackers import (
     DEFAULT_PROJECT,
     active_trackers,
@@ -197,7 +196,7 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     prompts = load_prompt_texts(cfg.prompts, cfg.limit)  # bad prompts fail before any model loads
     s, ro = cfg.settings(), cfg.rollout()
-    model, tokenizer, ref_model = load_policy(cfg, model, tokenizer)
+    model, tokenizer, refs = load_policy(cfg, model, tokenizer, ro.temperature)
     encode_prompts(tokenizer, prompts, ro.max_prompt_length)  # a prompt that is too long: an error now, not at step N
     reward = reward or reward_for(cfg.reward)
     gold = reward_for("gold") if (cfg.track_gold and not cfg.reward.startswith("gold")) else None
@@ -227,13 +226,13 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
             f"samples per step and process, {world} process(es) on {accelerator.device}, {cfg.max_steps} steps"
         )
     raw_policy = accelerator.unwrap_model(policy).model
-    ref_scorer = SequenceScorer(ref_model, temperature=ro.temperature) if ref_model is not None else None
+    refs.to(accelerator.device)
 
-    def ref_logp(rows):  # the reference: the adapter off (frozen), or the EMA copy
-        if ref_scorer is not None:
-            return response_logps(ref_scorer, rows)
-        with reference_mode(raw_policy):
-            return response_logps(policy, rows)
+    def ref_logp(rows):
+        return refs.ref_logp(policy, raw_policy, rows)
+
+    def init_logp(rows):
+        return refs.init_logp(policy, raw_policy, rows)
 
     history: list[dict] = []
     bar = _progress(is_main, start, cfg.max_steps)
@@ -250,18 +249,14 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         t2 = time.perf_counter()
         orders = rl_step.epoch_orders(replace(s, seed=cfg.seed + step), len(batch))
         vfn = (lambda rows: token_values(value, rows)) if value is not None else None
-        rl_step.score_rollouts(s, batch, policy, ref_logp, orders[0], vfn)
-        if ref_scorer is not None:
-            with reference_mode(raw_policy), torch.no_grad():
-                batch.init_logp = response_logps(policy, batch.to(accelerator.device)).float().cpu()
+        rl_step.score_rollouts(s, batch, policy, ref_logp, orders[0], vfn, init_logp if refs.moving else None)
         if step == start:
             check_sampler_agreement(batch, step)
         stats = rl_step.advantages(s, batch)
         t3 = time.perf_counter()
         upd = rl_step.update(s, accelerator, policy, optimizer, None, batch, orders, step, value)
         t4 = time.perf_counter()
-        if ref_model is not None and (step + 1) % cfg.ref_sync_every == 0:
-            _sync_reference(ref_model, raw_policy, cfg.ref_sync_alpha)
+        refs.maybe_sync(step, raw_policy)
         record = _record(step, batch, counts, stats, upd, gold_mean, (t0, t1, t2, t3, t4), accelerator)
         history.append(record)
         logger.log(record)
@@ -287,38 +282,33 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     return RLResult(run_dir, last, history, raw_policy)
 
 
-def _sync_reference(ref_model, policy_model, alpha: float) -> None:
-    from alignlab.losses.rl import ema_sync_
-    from alignlab.rollout.rl_setup import merged_policy_params
-
-    ref = dict(ref_model.named_parameters())
-    pol = merged_policy_params(policy_model)
-    names = [n for n in pol if n in ref]
-    ema_sync_([ref[n] for n in names], [pol[n] for n in names], alpha)
-
-
 def _record(step, batch, counts, stats, upd, gold_mean, t, accelerator) -> dict:
+    """The step's metrics.jsonl row: rewards over every process's responses; the other values are each rank's
+    batch statistics averaged over ranks (the step-0 deviation: the largest)."""
     scores = accelerator.gather(batch.scores.to(accelerator.device)).float()
     mask = batch.response_mask
-    entropy = float(-(batch.old_logp * mask).sum() / mask.sum().clamp(min=1))  # E[-log π(y)] over sampled y
-    new_tokens = float(mask.sum())
-    row = {
-        "step": step + 1,
-        "reward": float(scores.mean()),
-        "reward_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+    local = {
         **counts,
         **stats,
-        "entropy": entropy,
-        **{k: v for k, v in upd.items() if v is not None},
+        "entropy": float(-(batch.old_logp * mask).sum() / mask.sum().clamp(min=1)),  # E[-log π(y)], y sampled
+        **{k: v for k, v in upd.items() if v is not None and k != "check/first_ratio_max_dev"},
         "time/rollout_s": t[1] - t[0],
         "time/reward_s": t[2] - t[1],
         "time/score_s": t[3] - t[2],
         "time/update_s": t[4] - t[3],
         "time/step_s": t[4] - t[0],
-        "rollout_tokens_per_s": new_tokens / max(t[1] - t[0], 1e-9),
+        "rollout_tokens_per_s": float(mask.sum()) / max(t[1] - t[0], 1e-9),
     }
     if gold_mean is not None:
-        row["gold"] = gold_mean
+        local["gold"] = gold_mean
+    keys = sorted(local)
+    vals = accelerator.reduce(torch.tensor([float(local[k]) for k in keys], device=accelerator.device), "mean")
+    row = {"step": step + 1, "reward": float(scores.mean())}
+    row["reward_std"] = float(scores.std()) if scores.numel() > 1 else 0.0
+    row |= {k: float(v) for k, v in zip(keys, vals.cpu())}
+    if upd.get("check/first_ratio_max_dev") is not None:
+        dev = torch.tensor([upd["check/first_ratio_max_dev"]], device=accelerator.device)
+        row["check/first_ratio_max_dev"] = float(accelerator.gather(dev).max())
     return row
 
 

@@ -12,12 +12,14 @@ import torch
 
 from alignlab.data.formats import load_prompts
 from alignlab.data.types import Text
+from alignlab.losses.rl import ema_sync_, sync_due
 from alignlab.models.loading import load_model_and_tokenizer, resolve_model_path
-from alignlab.models.lora import apply_lora
+from alignlab.models.lora import apply_lora, reference_mode
 from alignlab.models.reward_model import apply_reward_lora, load_reward_backbone
+from alignlab.models.scorer import SequenceScorer
 from alignlab.rewards import load_reward
 from alignlab.task.prompts import balanced, load_task_prompts
-from alignlab.training.rl_batch import RolloutBatch
+from alignlab.training.rl_batch import RolloutBatch, response_logps
 
 # Before the first update the trainer re-scores the sampled tokens; the sampler's own log-probs must agree with it
 # (fp32 KV-cached sampling vs one full forward differ by ~1e-6 per token). A mismatch in temperature, weights or
@@ -53,15 +55,65 @@ def prompts_for_step(prompts: list[Text], n: int, step: int, rank: int, world: i
     return out
 
 
-def load_policy(cfg, model=None, tokenizer=None):
-    """(policy, tokenizer, ref_model or None). With LoRA and a frozen reference the reference is the base model
-    with the adapter off (no copy, ref_model None); full fine-tuning or a moving reference keep a frozen copy."""
+def _frozen_copy(model):
+    out = copy.deepcopy(model).eval()
+    out.requires_grad_(False)
+    return out
+
+
+class References:
+    """The reference policy and the initial policy of a run, scored at the sampling temperature.
+
+    With LoRA the initial policy is the base model with the adapter off (no copy); so is the reference while it is
+    frozen. A moving reference (``ref_sync_every`` > 0) or full fine-tuning keep a frozen full copy for the
+    reference, and full fine-tuning with a moving reference a second one for the initial policy."""
+
+    def __init__(self, cfg, base_model, temperature: float):
+        self.temperature, self.every, self.alpha = temperature, cfg.ref_sync_every, cfg.ref_sync_alpha
+        moving = cfg.ref_sync_every > 0
+        self.ref = _frozen_copy(base_model) if (moving or not cfg.lora) else None
+        self.init = _frozen_copy(base_model) if (moving and not cfg.lora) else None
+        self.lora = cfg.lora
+
+    def to(self, device) -> "References":
+        for m in (self.ref, self.init):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def _logp(self, model, policy_scorer, raw_policy, rows):
+        if model is not None:
+            return response_logps(SequenceScorer(model, temperature=self.temperature), rows)
+        with reference_mode(raw_policy):  # the adapter off: the base model, scored by the policy's own scorer
+            return response_logps(policy_scorer, rows)
+
+    def ref_logp(self, policy_scorer, raw_policy, rows) -> torch.Tensor:
+        return self._logp(self.ref, policy_scorer, raw_policy, rows)
+
+    @property
+    def moving(self) -> bool:
+        return self.every > 0
+
+    def init_logp(self, policy_scorer, raw_policy, rows) -> torch.Tensor:
+        """Only needed while the reference moves (otherwise the reference is the initial policy)."""
+        return self._logp(self.init, policy_scorer, raw_policy, rows)
+
+    def maybe_sync(self, step: int, raw_policy) -> bool:
+        """ref <- (1 - alpha) ref + alpha policy (LoRA merged) after every ``ref_sync_every``-th step."""
+        if not (self.moving and sync_due(step + 1, self.every)):
+            return False
+        ref = dict(self.ref.named_parameters())
+        pol = merged_policy_params(raw_policy)
+        names = [n for n in pol if n in ref]
+        ema_sync_([ref[n] for n in names], [pol[n] for n in names], self.alpha)
+        return True
+
+
+def load_policy(cfg, model=None, tokenizer=None, temperature: float = 1.0):
+    """(policy, tokenizer, References): LoRA on the policy unless ``lora=false`` (docs/rlhf.md)."""
     if model is None:
         model, tokenizer = load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    ref_model = None
-    if not cfg.lora or cfg.ref_sync_every > 0:
-        ref_model = copy.deepcopy(model).eval()
-        ref_model.requires_grad_(False)
+    refs = References(cfg, model, temperature)
     if cfg.lora:
         targets = cfg.lora_target if cfg.lora_target == "all-linear" else cfg.lora_target.split(",")
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0, target_modules=targets)
@@ -69,7 +121,7 @@ def load_policy(cfg, model=None, tokenizer=None):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = True
     model.train()
-    return model, tokenizer, ref_model
+    return model, tokenizer, refs
 
 
 def value_model_path(cfg) -> str:

@@ -54,27 +54,84 @@ class RLSettings:
 
 def advantages(s: RLSettings, b: RolloutBatch) -> dict[str, float]:
     """Fill ``b.extras`` with ``advantages`` ([B, T] for PPO, [B] otherwise) and, for PPO, ``returns``; return the
-    batch-level statistics of what went in (KL to the reference and to the initial policy, per token)."""
+    batch-level statistics of what went in (KL to the reference and to the initial policy, per token; this rank's
+    rows). Under several processes the batch-wide statistics (PPO whitening, GRPO scale_rewards=batch, RLOO
+    normalize_advantages) are over every rank's rows: then it is a collective that every rank calls every step."""
     mask = b.response_mask
     kl_tok = rl.per_token_kl(b.old_logp, b.ref_logp, s.kl_estimator) * mask
     stats = {"kl_ref_per_token": float(rl.masked_mean(kl_tok, mask))}
     init = b.init_logp if b.init_logp is not None else b.ref_logp
     stats["kl_init_seq"] = float(((b.old_logp - init) * mask).sum(-1).mean())  # k1, summed: over-optimisation's KL
     stats["kl_ref_seq"] = float(((b.old_logp - b.ref_logp) * mask).sum(-1).mean())
+    multi = _multi_process()
     if s.algo == "ppo":
         rewards = rl.kl_penalized_rewards(b.scores, b.old_logp, b.ref_logp, mask, s.kl_coef, s.kl_estimator)
         if s.whiten_rewards:
-            rewards = rl.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = _whiten(rewards, mask, shift_mean=False) if multi else rl.masked_whiten(rewards, mask, False)
         adv, ret = rl.gae(rewards, b.values, mask, s.gamma, s.gae_lambda)
-        b.extras["advantages"] = rl.masked_whiten(adv, mask) * mask
+        b.extras["advantages"] = (_whiten(adv, mask) if multi else rl.masked_whiten(adv, mask)) * mask
         b.extras["returns"] = ret
         stats["non_score_reward"] = float((rewards * mask).sum(-1).mean() - b.scores.mean())
     elif s.algo == "rloo":
         seq = rl.rloo_sequence_rewards(b.scores, (b.old_logp * mask).sum(-1), (b.ref_logp * mask).sum(-1), s.kl_coef)
-        b.extras["advantages"] = rl.rloo_advantages(seq, b.group_size, normalize=s.normalize_advantages)
+        if s.normalize_advantages and multi:  # rl.rloo_advantages' normalisation, over every rank's rows
+            adv = rl.rloo_advantages(seq, b.group_size)
+            use = torch.full_like(adv, b.group_size >= 2, dtype=torch.bool)
+            mean, var, n = _global_moments(adv, use)
+            std = var.sqrt() if n > 1 else torch.zeros_like(var)
+            b.extras["advantages"] = torch.where(use, (adv - mean) / (std + 1e-4), 0.0).to(adv.dtype)
+        else:
+            b.extras["advantages"] = rl.rloo_advantages(seq, b.group_size, normalize=s.normalize_advantages)
+    elif s.scale_rewards == "batch" and multi:  # rl.grpo_advantages' batch std, over every rank's rows
+        _, var, n = _global_moments(b.scores, torch.ones_like(b.scores, dtype=torch.bool))
+        std = var.sqrt() if n > 1 else torch.zeros_like(var)
+        b.extras["advantages"] = (rl.grpo_advantages(b.scores, b.group_size, "none") / (std + 1e-4)).to(b.scores.dtype)
     else:
         b.extras["advantages"] = rl.grpo_advantages(b.scores, b.group_size, scale=s.scale_rewards)
     return stats
+
+
+# Batch statistics over the whole rollout batch of a step, every rank's rows (GRPO/RLOO groups are whole within a
+# rank, so group statistics are exact locally; these are the ones that are not). A single process uses the rl.*
+# functions themselves; under several processes one fp64 all-reduce per moment gives the same statistics, so
+# N ranks x B rows update like 1 process x N*B rows (tests/test_rl_distributed.py). TRL's GRPO/RLOO gather the
+# rewards for the same reason; TRL's PPO whitened each process's batch on its own, which made the update depend
+# on the number of processes.
+def _multi_process() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (fp64 sums) summed over every rank; on the process group's device (NCCL needs CUDA tensors)."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    t = x.detach().double().to(PartialState().device)
+    dist.all_reduce(t)
+    return t.cpu()
+
+
+def _global_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean, Bessel-corrected variance, count) of ``x`` over ``mask`` on every rank, fp64, two passes."""
+    m = mask.bool()
+    xd = x.detach().double()
+    total, n = _all_sum(torch.stack([torch.where(m, xd, 0.0).sum(), m.sum().double()]))
+    mean = total / n.clamp_min(1.0)
+    (sq,) = _all_sum(torch.where(m, (xd - mean) ** 2, 0.0).sum().unsqueeze(0))
+    return mean, sq / (n - 1).clamp_min(1.0), int(n)
+
+
+def _whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """rl.masked_whiten with the mean and variance of every rank's valid tokens."""
+    mean, var, n = _global_moments(x, mask)
+    if n < 2:
+        raise ValueError(f"unbiased masked variance needs at least 2 valid elements, got {n}")
+    out = (x.double() - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask.bool(), out, 0.0).to(x.dtype)
 
 
 def epoch_orders(s: RLSettings, n: int) -> list[torch.Tensor]:
@@ -91,21 +148,27 @@ def micro_batches(s: RLSettings, order: torch.Tensor) -> list[list[torch.Tensor]
 
 
 @torch.no_grad()
-def score_rollouts(s: RLSettings, batch: RolloutBatch, policy, ref_fn, order: torch.Tensor, value=None) -> None:
-    """Fill old_logp (``policy``: the trainer's scorer), ref_logp (``ref_fn(rows) -> [b, T]``) and, for PPO,
-    values; computed micro-batch by micro-batch in epoch 0's order, the shapes the update will see."""
+def score_rollouts(
+    s: RLSettings, batch: RolloutBatch, policy, ref_fn, order: torch.Tensor, value=None, init_fn=None
+) -> None:
+    """Fill old_logp (``policy``: the trainer's scorer), ref_logp (``ref_fn(rows) -> [b, T]``), for PPO values,
+    and init_logp when the reference moves (``init_fn``); micro-batch by micro-batch in epoch 0's order, the shapes
+    the update will see."""
     B, T = batch.response_mask.shape
     device = next(policy.parameters()).device
     old, ref = torch.zeros(B, T), torch.zeros(B, T)
     vals = torch.zeros(B, T) if value is not None else None
+    init = torch.zeros(B, T) if init_fn is not None else None
     for mini in micro_batches(s, order):
         for idx in mini:
             rows = batch.rows(idx).to(device)
             old[idx] = response_logps(policy, rows).float().cpu()
             ref[idx] = ref_fn(rows).float().cpu()
+            if init is not None:
+                init[idx] = init_fn(rows).float().cpu()
             if value is not None:  # the rollout's values: V_old of the value-loss clipping
                 vals[idx] = value(rows).float().cpu()
-    batch.old_logp, batch.ref_logp, batch.values = old, ref, vals
+    batch.old_logp, batch.ref_logp, batch.values, batch.init_logp = old, ref, vals, init
 
 
 def _normaliser(s: RLSettings, mini: RolloutBatch, accelerator) -> float:
