@@ -3,7 +3,6 @@ of one update for every aggregation mode, exact resume, and the config contract 
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
