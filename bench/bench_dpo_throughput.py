@@ -1,16 +1,28 @@
 """DPO training throughput of alignlab vs TRL's DPOTrainer, measured side by side (CPU, full fine-tuning).
 
     .venv/bin/python bench/bench_dpo_throughput.py [--steps 5] [--warmup 1] [--batch 4] [--max-length 256]
-                                                    [--threads 2] [--repeats 1] [--profile] [--markdown out.md]
+                                                    [--threads 2] [--repeats 1] [--configs alignlab,trl-fastest]
+                                                    [--bf16] [--profile] [--markdown out.md] [--json out.json]
 
 Each configuration runs in its own child process (peak memory measured separately: a 20 ms RSS-sampling
 thread in the child, reported for the timed steps, plus the child's ru_maxrss from ``os.wait4``):
 
-* ``alignlab``       ``alignlab.recipes.train.train(TrainConfig(lora=False, ...), model, tokenizer, pairs)``; the
-                     reference log-probs are precomputed once inside ``train`` (timed separately).
+* ``alignlab``       ``alignlab.recipes.train.train(TrainConfig(lora=False, ...), model, tokenizer, pairs)`` with its
+                     defaults: the packed shared-prompt forward (``packing=shared_prompt``: one row per pair
+                     [prompt, chosen, rejected]); the reference log-probs are precomputed once inside ``train``
+                     (timed separately).
+* ``alignlab-dense`` the same with ``packing=dense`` (several pairs per row: least padding).
+* ``alignlab-off``   the same with ``packing=off`` (two rows per pair: the layout before packing, and TRL's).
 * ``trl``            TRL ``DPOTrainer`` with its default reference handling: a second copy of the model, one
                      reference forward per step.
 * ``trl-precompute`` TRL ``DPOTrainer(precompute_ref_log_probs=True)``: the same one-time precompute as alignlab.
+* ``trl-fastest``    TRL's fastest CPU setting: ``precompute_ref_log_probs=True`` and ``padding_free=True``
+                     requested. TRL 1.16 disables ``padding_free`` (it warns "temporarily unavailable after a
+                     refactor" and pads; its docs say it needs FlashAttention 2/3 anyway, i.e. CUDA): the child
+                     records the value in effect. Its Liger kernels need Triton (no CPU), so nothing else applies.
+
+``--bf16`` runs every configuration under bf16 autocast (fp32 master weights; alignlab's log-softmax and log-prob
+sums stay fp32; TRL: ``bf16=True``, accelerate's CPU autocast).
 
 Same model (SmolLM2-135M-Instruct, fp32, every parameter trained), same pairs, same batches in the same order,
 same optimizer (torch AdamW, constant lr, no warm-up, weight decay 0, grad-norm clipping 1.0), gradient
@@ -23,9 +35,16 @@ collator (keep_start at ``--max-length``; prompts of >= max-length tokens are no
 on identical sequences. The parent orders TRL's dataset by alignlab's ``BatchPlan`` and TRL uses its sequential
 sampler, so step k of both is the same 4 pairs (checked: per-step token counts must be equal).
 
-tokens/s = non-pad tokens of prompt+chosen and prompt+rejected of the timed steps (the first ``--warmup`` steps
-are excluded) / wall time of those steps (end of the last warm-up step to end of the last step: forward,
-backward, clipping, optimizer, scheduler, batch collation and per-step logging; not model loading).
+pairs/s (the headline) = preference pairs of the timed steps (the first ``--warmup`` steps are excluded) / wall time
+of those steps (end of the last warm-up step to end of the last step: forward, backward, clipping, optimizer,
+scheduler, batch collation and per-step logging; not model loading). tokens/s, beside it, = non-pad tokens of
+prompt+chosen and prompt+rejected (the prompt counted twice, whatever the library computes) over the same time; it
+no longer compares like with like once a library computes the prompt once per pair.
+padding share = padded positions / all positions of the policy forwards in the timed steps (alignlab: its
+``batch/padding_share`` metric; TRL: counted from the input_ids / attention_mask of each policy forward), with
+positions per pair beside it. Share of matmul peak = 6 x parameters x (prompt + chosen + rejected tokens) per
+second over an fp32 GEMM's rate on this machine (2048^3, same thread count): a yardstick common to all runs,
+not the FLOPs a library actually executes.
 "amortized" adds the one-time reference precompute, pro rata: precompute_s x (timed pairs / all pairs scored),
 i.e. the precompute cost of the pairs the timed steps consumed (one epoch; it halves with two epochs, etc.).
 
@@ -57,7 +76,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_base_test.jsonl.gz"
 ALIAS = "smollm2-135m-instruct"
-CONFIGS = ("alignlab", "trl", "trl-precompute")
+CONFIGS = ("alignlab", "alignlab-dense", "alignlab-off", "trl", "trl-precompute", "trl-fastest")
+DEFAULT_CONFIGS = ("alignlab", "trl-fastest")
+ALIGNLAB_PACKING = {"alignlab": "shared_prompt", "alignlab-dense": "dense", "alignlab-off": "off"}
+CPU_FLAGS = (
+    "sse4_2",
+    "fma",
+    "avx",
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_tile",
+)
 SEED = 42
 
 
@@ -208,18 +241,22 @@ def prepare_data(args, path: Path) -> dict:
         SEED,
         [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
     )
-    order, step_tokens = [], []
+    order, step_tokens, step_unique = [], [], []
     for s in range(args.warmup + args.steps):
         batch = plan.global_batch(s)
         order += batch
         step_tokens.append(
             sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in batch)
         )
+        step_unique.append(
+            sum(len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in batch)
+        )
     data = {
         "rows": rows,
         "ids": ids,
         "trl_order": order,
         "step_tokens": step_tokens,
+        "step_unique_tokens": step_unique,
         "truncated_completions": report.truncated_completion,
         "mean_prompt_tokens": statistics.mean(len(p.prompt_ids) for p in pairs),
         "mean_completion_tokens": statistics.mean((len(p.chosen_ids) + len(p.rejected_ids)) / 2 for p in pairs),
@@ -259,7 +296,15 @@ def _step_end(ends: list, warmup: int, n_steps: int, ph, sampler, prof) -> None:
         sampler.close_window()
 
 
-def run_alignlab(args, data: dict) -> dict:
+def _autocast(args):
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+
+
+def run_alignlab(args, data: dict, name: str = "alignlab") -> dict:
     sampler, ph = _child_common(args)
     import alignlab.recipes.train as T
     import alignlab.training.step as S
@@ -306,6 +351,7 @@ def run_alignlab(args, data: dict) -> dict:
         ref_batch_size=2 * args.batch,
         logging_steps=1,
         dtype="float32",
+        packing=ALIGNLAB_PACKING[name],
     )
 
     ends: list[tuple[float, float]] = []
@@ -329,8 +375,12 @@ def run_alignlab(args, data: dict) -> dict:
     S.accumulate_gradients = ph.wrap("fwd+bwd (accumulate_gradients, incl. collate)", S.accumulate_gradients)
     SequenceScorer.forward = ph.wrap("scorer forward (backbone + LM head + log-probs)", SequenceScorer.forward)
     ph.hook_module(model.get_decoder(), "backbone forward (policy)")
-    result = T.train(cfg, model, tok, pairs)
+    with _autocast(args):
+        result = T.train(cfg, model, tok, pairs)
     losses = [m["loss"] for m in result.metrics]
+    timed = result.metrics[args.warmup :]
+    positions = [m["batch/positions_per_pair"] * args.batch for m in timed]
+    padding = sum(m["batch/padding_share"] * n for m, n in zip(timed, positions))
     shutil.rmtree(out_dir, ignore_errors=True)
     sampler.stop()
     from alignlab.training.schedule import BatchPlan
@@ -359,7 +409,7 @@ def run_alignlab(args, data: dict) -> dict:
     ) - phases.get("backward", 0.0)
     return _summary(
         args,
-        "alignlab",
+        name,
         ends,
         step_tokens,
         losses,
@@ -370,11 +420,19 @@ def run_alignlab(args, data: dict) -> dict:
         sampler,
         phases,
         prof,
-        {"ref_cache_hit": ref.get("hit"), "step_s_logged": [m["time/step_s"] for m in result.metrics]},
+        {
+            "ref_cache_hit": ref.get("hit"),
+            "step_s_logged": [m["time/step_s"] for m in result.metrics],
+            "padding_share": padding / sum(positions),
+            "positions_per_pair": sum(positions) / (args.batch * len(timed)),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "packing": cfg.packing,
+        },
     )
 
 
-def run_trl(args, data: dict, precompute: bool) -> dict:
+def run_trl(args, data: dict, name: str) -> dict:
+    precompute, padding_free = name in ("trl-precompute", "trl-fastest"), name == "trl-fastest"
     sampler, ph = _child_common(args)
     import torch
     import trl
@@ -409,12 +467,13 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
         output_dir=str(out_dir),
         report_to="none",
         use_cpu=True,
-        bf16=False,
+        bf16=args.bf16,
         fp16=False,
         gradient_checkpointing=False,
         disable_dropout=True,
         max_length=args.max_length,
         truncation_mode="keep_start",
+        padding_free=padding_free,
         per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1,
         max_steps=n_steps,
@@ -456,6 +515,14 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
 
     trainer.add_callback(Timer())
     ph.hook_module(trainer.model.get_decoder(), "backbone forward (policy)")
+    seen = {"positions": 0, "real": 0}
+
+    def count_positions(module, a, kw):  # the policy forwards of the timed steps: what TRL actually computes
+        if ph.on and module.training and kw.get("input_ids") is not None:
+            seen["positions"] += kw["input_ids"].numel()
+            seen["real"] += int(kw["attention_mask"].sum()) if kw.get("attention_mask") is not None else 0
+
+    trainer.model.register_forward_pre_hook(count_positions, with_kwargs=True)
     if trainer.ref_model is not None:
         ph.hook_module(
             trainer.accelerator.unwrap_model(trainer.ref_model).get_decoder(), "backbone forward (reference)"
@@ -473,7 +540,7 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     return _summary(
         args,
-        "trl-precompute" if precompute else "trl",
+        name,
         ends,
         step_tokens,
         losses,
@@ -484,7 +551,14 @@ def run_trl(args, data: dict, precompute: bool) -> dict:
         sampler,
         dict(ph.t),
         prof,
-        {"live_reference_model": trainer.ref_model is not None},
+        {
+            "live_reference_model": trainer.ref_model is not None,
+            "padding_free_requested": padding_free,
+            "padding_free_in_effect": bool(getattr(trainer, "padding_free", False)),
+            "padding_share": 1 - seen["real"] / max(1, seen["positions"]),
+            "positions_per_pair": seen["positions"] / (args.batch * args.steps),
+            "n_params": sum(p.numel() for p in model.parameters()),
+        },
     )
 
 
@@ -514,6 +588,11 @@ def _summary(
         "timed_cpu_s": timed_cpu_s,
         "step_tokens": step_tokens,
         "timed_tokens": timed_tokens,
+        "timed_pairs": timed_pairs,
+        "pairs_per_s": timed_pairs / timed_s,
+        "pairs_per_s_median_step": statistics.median(args.batch / d for d in durations),
+        "pairs_per_cpu_s": timed_pairs / timed_cpu_s,
+        "pairs_per_s_amortized": timed_pairs / (timed_s + ref_s * share),
         "tokens_per_s": timed_tokens / timed_s,
         "tokens_per_s_median_step": statistics.median(t / d for t, d in zip(step_tokens[w:], durations)),
         "tokens_per_cpu_s": timed_tokens / timed_cpu_s,
@@ -549,11 +628,14 @@ def machine_info(args) -> dict:
         trl_v = trl.__version__
     except ImportError:
         trl_v = "not installed"
-    cpu = platform.processor() or "?"
+    cpu, flags = platform.processor() or "?", []
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+            if cpu != "?" and flags:
                 break
     except OSError:
         pass
@@ -576,7 +658,28 @@ def machine_info(args) -> dict:
         "trl": trl_v,
         "accelerate": accelerate.__version__,
         "platform": platform.platform(),
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+        "cpu_flags_all": " ".join(flags),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fp32_matmul_gflops": matmul_peak(args.threads),
     }
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """fp32 GEMM rate (GFLOP/s, best of ``reps``) at ``threads`` torch threads: the yardstick for "share of peak"."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
 
 
 def _loadavg() -> str:
@@ -613,6 +716,8 @@ def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict
     ]
     if args.profile:
         cmd.append("--profile")
+    if args.bf16:
+        cmd.append("--bf16")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     from alignlab.models.loading import cache_dir
 
@@ -641,11 +746,11 @@ def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict
 
 def _fmt_table(results: list[dict]) -> list[str]:
     head = (
-        "| run | tokens/step | s/step mean (min–max) | tokens/s | tokens/s, median step | tokens per CPU-s "
-        "| ref precompute s (CPU s) | tokens/s amortized | tokens per CPU-s amortized | peak RSS in steps (MiB) "
-        "| ru_maxrss (MiB) | load avg before → after |"
+        "| run | **pairs/s** | tokens/s | s/step mean (min–max) | pairs/s, median step | pairs per CPU-s "
+        "| padding share | positions per pair | share of fp32 matmul peak | ref precompute s (CPU s) "
+        "| pairs/s amortized | peak RSS in steps (MiB) | ru_maxrss (MiB) | load avg before → after |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         d = r["step_s"]
         ref = (
@@ -654,10 +759,10 @@ def _fmt_table(results: list[dict]) -> list[str]:
             else "— (reference forward every step)"
         )
         lines.append(
-            f"| {r['name']} | {r['timed_tokens'] / r['steps']:.0f} | {statistics.mean(d):.1f} "
-            f"({min(d):.1f}–{max(d):.1f}) | {r['tokens_per_s']:.1f} | {r['tokens_per_s_median_step']:.1f} | "
-            f"{r['tokens_per_cpu_s']:.1f} | {ref} | {r['tokens_per_s_amortized']:.1f} | "
-            f"{r['tokens_per_cpu_s_amortized']:.1f} | {r['rss_peak_steps_mib']:.0f} | "
+            f"| {r['name']} | **{r['pairs_per_s']:.3f}** | {r['tokens_per_s']:.1f} | {statistics.mean(d):.1f} "
+            f"({min(d):.1f}–{max(d):.1f}) | {r['pairs_per_s_median_step']:.3f} | {r['pairs_per_cpu_s']:.3f} | "
+            f"{r['padding_share']:.1%} | {r['positions_per_pair']:.0f} | {r.get('matmul_share', 0.0):.1%} | {ref} | "
+            f"{r['pairs_per_s_amortized']:.3f} | {r['rss_peak_steps_mib']:.0f} | "
             f"{r['ru_maxrss_mib']:.0f} | {r['loadavg_before']} → {r['loadavg_after']} |"
         )
     return lines
@@ -670,11 +775,11 @@ def _median_by_config(results: list[dict]) -> dict[str, dict]:
         if not rs:
             continue
         keys = (
+            "pairs_per_s",
+            "pairs_per_s_median_step",
+            "pairs_per_cpu_s",
+            "pairs_per_s_amortized",
             "tokens_per_s",
-            "tokens_per_s_median_step",
-            "tokens_per_cpu_s",
-            "tokens_per_s_amortized",
-            "tokens_per_cpu_s_amortized",
             "rss_peak_steps_mib",
             "ru_maxrss_mib",
         )
@@ -683,12 +788,18 @@ def _median_by_config(results: list[dict]) -> dict[str, dict]:
 
 
 def report(args, info: dict, data: dict, results: list[dict]) -> str:
+    flags = " ".join(f for f, on in info["cpu_flags"].items() if on) or "none of " + ", ".join(CPU_FLAGS)
+    missing = " ".join(f for f, on in info["cpu_flags"].items() if not on)
     lines = [
         f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']} RAM; "
         f"torch threads per run: {info['threads']}. Python {info['python']}, torch {info['torch']}, "
         f"transformers {info['transformers']}, trl {info['trl']}, accelerate {info['accelerate']}.",
         "",
-        f"Settings: SmolLM2-135M-Instruct fp32, full fine-tuning; DPO (sigmoid, beta 0.1); batch {args.batch} pairs; "
+        f"CPU flags: {flags} (absent: {missing}); torch CPU capability {info['torch_cpu_capability']}; "
+        f"fp32 matmul {info['fp32_matmul_gflops']:.0f} GFLOP/s at {info['threads']} thread(s).",
+        "",
+        f"Settings: SmolLM2-135M-Instruct {'fp32 weights, bf16 autocast' if args.bf16 else 'fp32'}, full "
+        f"fine-tuning; DPO (sigmoid, beta 0.1); batch {args.batch} pairs; "
         f"max_length {args.max_length} (keep_start, TRL's ids for both); AdamW lr {args.lr:g}, constant, clip 1.0; "
         f"gradient checkpointing off; {args.warmup} warm-up step(s) excluded + {args.steps} timed steps; "
         f"{args.repeats} repeat(s), runs interleaved. Mean prompt {data['mean_prompt_tokens']:.0f} tokens, "
@@ -698,21 +809,26 @@ def report(args, info: dict, data: dict, results: list[dict]) -> str:
     lines += _fmt_table(results)
     med = _median_by_config(results)
     lines.append("")
-    if "alignlab" in med:
-        a = med["alignlab"]
-        for other in ("trl", "trl-precompute"):
-            if other in med:
-                o = med[other]
+    for mine in [c for c in CONFIGS if c.startswith("alignlab") and c in med]:
+        a = med[mine]
+        for other in [c for c in CONFIGS if c.startswith("trl") and c in med]:
+            o = med[other]
 
-                def x(k):
-                    return f"x{a[k] / o[k]:.2f}"
+            def x(k):
+                return f"x{a[k] / o[k]:.2f}"
 
-                lines.append(
-                    f"- alignlab / {other} (medians over repeats): tokens/s {x('tokens_per_s')} "
-                    f"(median step {x('tokens_per_s_median_step')}, per CPU-s {x('tokens_per_cpu_s')}); "
-                    f"amortized {x('tokens_per_s_amortized')} (per CPU-s {x('tokens_per_cpu_s_amortized')}); "
-                    f"peak RSS in steps {x('rss_peak_steps_mib')}, ru_maxrss {x('ru_maxrss_mib')}"
-                )
+            lines.append(
+                f"- {mine} / {other} (medians over repeats): **pairs/s {x('pairs_per_s')}** "
+                f"(median step {x('pairs_per_s_median_step')}, per CPU-s {x('pairs_per_cpu_s')}); "
+                f"amortized {x('pairs_per_s_amortized')}; "
+                f"peak RSS in steps {x('rss_peak_steps_mib')}, ru_maxrss {x('ru_maxrss_mib')}"
+            )
+    for r in results:
+        if "padding_free_requested" in r and r["padding_free_requested"]:
+            lines.append(
+                f"- {r['name']}: padding_free=True requested, in effect: {r['padding_free_in_effect']} "
+                "(TRL 1.16 disables it and pads; its docs require FlashAttention 2/3)"
+            )
     lines.append("")
     lines.append("Per-step phase wall time (s, mean over the timed steps):")
     lines.append("")
@@ -736,7 +852,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every configuration")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every run (fp32 master weights)")
     ap.add_argument("--profile", action="store_true", help="torch profiler op table of one timed step per run")
     ap.add_argument("--markdown", default=None, help="also write the report (markdown) to this file")
     ap.add_argument("--json", default=None, help="write all results as JSON")
@@ -749,10 +866,10 @@ def main() -> None:
 
     if args.child:
         data = json.loads(Path(args.data).read_text())
-        if args.child == "alignlab":
-            res = run_alignlab(args, data)
+        if args.child.startswith("alignlab"):
+            res = run_alignlab(args, data, args.child)
         else:
-            res = run_trl(args, data, precompute=args.child == "trl-precompute")
+            res = run_trl(args, data, args.child)
         Path(args.result).write_text(json.dumps(res))
         return
 
@@ -763,6 +880,9 @@ def main() -> None:
     data = prepare_data(args, data_path)
     print(f"{len(data['rows'])} pairs; tokens per step: {data['step_tokens']}")
     configs = [c for c in args.configs.split(",") if c]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
     results = []
     for rep in range(args.repeats):
         for name in configs:
@@ -770,8 +890,12 @@ def main() -> None:
             r = run_child(args, name, data_path, workdir, rep)
             if r["step_tokens"] != data["step_tokens"]:
                 raise SystemExit(f"{name} processed different batches: {r['step_tokens']} != {data['step_tokens']}")
+            flops = 6 * r["n_params"] * sum(data["step_unique_tokens"][args.warmup :])
+            r["matmul_share"] = flops / r["timed_s"] / (info["fp32_matmul_gflops"] * 1e9)
             print(
-                f"    {r['tokens_per_s']:.1f} tokens/s ({r['tokens_per_cpu_s']:.1f} per CPU-s), "
+                f"    {r['pairs_per_s']:.3f} pairs/s, {r['tokens_per_s']:.1f} tokens/s "
+                f"({r['tokens_per_cpu_s']:.1f} per CPU-s), padding {r['padding_share']:.1%} of "
+                f"{r['positions_per_pair']:.0f} positions/pair, "
                 f"{r['timed_s']:.1f} s for {r['steps']} steps, "
                 f"ref precompute {r['ref_precompute_s']:.1f} s, peak RSS (steps) {r['rss_peak_steps_mib']:.0f} MiB, "
                 f"ru_maxrss {r['ru_maxrss_mib']:.0f} MiB",

@@ -111,8 +111,9 @@ def test_eval_equals_direct_objective_and_leaves_training_unchanged(tmp_path):
     cfg, policy, parts = _cfg(tmp_path), SequenceScorer(with_eval.model.eval()), []
     with torch.no_grad():
         for i in idx:
-            b = collate_pairs([eval_pairs[i]], [i], pad, ref)
-            pl = pair_logps(policy(b.input_ids, b.attention_mask, b.completion_mask), 1, b.ref_logps)
+            b = collate_pairs([eval_pairs[i]], [i], pad, ref, pack=policy.pack_spec)  # the training forward layout
+            out = policy(b.input_ids, b.attention_mask, b.completion_mask, packed=b.packed)
+            pl = pair_logps(out, 1, b.ref_logps)
             parts.append(PairStats.of(preference_objective(pl, "dpo", cfg.loss_params()), pl))
     want = {f"eval_{k}": v.double().mean().item() for k, v in pair_values(PairStats.cat(parts)).items()}
     got = _eval_rows(tmp_path / "a" / "run")[-1]

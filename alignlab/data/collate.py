@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.tokenize import TokenizedPair
+from alignlab.ops.packing import PackedBatch, PackSpec, pack_pairs
 
 
 @dataclass
@@ -20,6 +21,9 @@ class PairBatch:
     index:           [B] int64 dataset indices of the pairs (names the batch in errors, keys caches).
     token_rewards:   [2B, T-1] float32 T-REG token rewards aligned with ``input_ids[:, 1:]`` like
                      SeqLogps.token (0 at prompt/pad positions); None unless the loss is token-level.
+    packed:          the same 2B sequences as one row per pair [prompt, chosen, rejected] (or several pairs per
+                     row), alignlab.ops.packing; None for the two-row forward. The two-row tensors stay: they lay
+                     out the per-token outputs (token log-probs, token rewards) either way.
     """
 
     input_ids: torch.Tensor
@@ -28,10 +32,17 @@ class PairBatch:
     index: torch.Tensor
     ref_logps: torch.Tensor | None = None
     token_rewards: torch.Tensor | None = None
+    packed: PackedBatch | None = None
 
     @property
     def n_pairs(self) -> int:
         return int(self.index.shape[0])
+
+    def forward_positions(self) -> tuple[int, int]:
+        """(positions the forward computes, of which padding): the packed rows if packed, else the two rows."""
+        if self.packed is not None:
+            return self.packed.positions, self.packed.positions - self.packed.real_positions
+        return self.input_ids.numel(), self.input_ids.numel() - int(self.attention_mask.sum())
 
     def to(self, device) -> "PairBatch":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
@@ -42,6 +53,7 @@ class PairBatch:
             mv(self.index),
             mv(self.ref_logps),
             mv(self.token_rewards),
+            mv(self.packed),
         )
 
 
@@ -102,9 +114,11 @@ def collate_pairs(
     pad_id: int,
     ref_logps: torch.Tensor | None = None,
     token_rewards: list[tuple[list[float], list[float]]] | None = None,
+    pack: PackSpec | None = None,
 ) -> PairBatch:
     """ref_logps, if given, is the [N, 2] (chosen, rejected) table for the whole dataset; token_rewards, if
-    given, the per-pair (chosen, rejected) token-reward lists of the whole dataset (indexed like ref_logps)."""
+    given, the per-pair (chosen, rejected) token-reward lists of the whole dataset (indexed like ref_logps);
+    pack, if given (SequenceScorer.pack_spec), adds the packed layout of the same pairs."""
     prompts = [p.prompt_ids for p in pairs] * 2
     comps = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     ids, attn, comp = pad_sequences(prompts, comps, pad_id)
@@ -113,4 +127,9 @@ def collate_pairs(
     rhat = (
         None if token_rewards is None else token_reward_rows(pairs, [token_rewards[i] for i in indices], ids.shape[1])
     )
-    return PairBatch(ids, attn, comp, index, ref, rhat)
+    packed = None
+    if pack is not None:
+        packed = pack_pairs(
+            [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs], pad_id, pack
+        )
+    return PairBatch(ids, attn, comp, index, ref, rhat, packed)

@@ -19,15 +19,26 @@ from alignlab.models.scorer import SequenceScorer
 from alignlab.precompute.cache import pairs_fingerprint, rank_shard, store_atomic, sum_over_ranks
 
 
-def reference_key(pairs: list[TokenizedPair], model_fp: str, dtype: str) -> str:
-    return hashlib.sha256(f"{pairs_fingerprint(pairs)}|{model_fp}|{dtype}".encode()).hexdigest()[:24]
+def reference_key(pairs: list[TokenizedPair], model_fp: str, dtype: str, layout: str = "") -> str:
+    """``layout``: forward_layout(scorer); "" (the two-row forward) keeps the keys written before packing existed."""
+    blob = f"{pairs_fingerprint(pairs)}|{model_fp}|{dtype}" + (f"|{layout}" if layout else "")
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def forward_layout(scorer: SequenceScorer) -> str:
+    """The forward layout the scorer's numbers come from, for cache keys: "" two rows per pair, "packed-group" or
+    "packed-dense". Equal within fp32 rounding; keyed apart so that the policy and its cached reference come from
+    the same layout (step-0 rewards 0, R6.4)."""
+    spec = scorer.pack_spec
+    return "" if spec is None else f"packed-{spec.rows}"
 
 
 @torch.no_grad()
 def compute_logps(
     scorer: SequenceScorer, pairs: list[TokenizedPair], indices: list[int], pad_id: int, batch_size: int, device
 ) -> torch.Tensor:
-    """[len(indices), 2] summed (chosen, rejected) log-probs; batches sorted by length to cut padding."""
+    """[len(indices), 2] summed (chosen, rejected) log-probs; batches sorted by length to cut padding, packed
+    (prompt once per pair) when the scorer's ``pack_spec`` says so."""
     order = sorted(
         range(len(indices)),
         key=lambda k: (
@@ -36,11 +47,13 @@ def compute_logps(
         ),
     )
     out = torch.zeros(len(indices), 2)
+    pack = getattr(scorer, "pack_spec", None)
     for s in range(0, len(order), batch_size):
         ks = order[s : s + batch_size]
         idx = [indices[k] for k in ks]
-        b = collate_pairs([pairs[i] for i in idx], idx, pad_id).to(device)
-        lp = scorer(b.input_ids, b.attention_mask, b.completion_mask).sum.float().cpu()
+        b = collate_pairs([pairs[i] for i in idx], idx, pad_id, pack=pack).to(device)
+        packed = {"packed": b.packed} if b.packed is not None else {}
+        lp = scorer(b.input_ids, b.attention_mask, b.completion_mask, **packed).sum.float().cpu()
         n = len(ks)
         out[ks, 0], out[ks, 1] = lp[:n], lp[n:]
     return out

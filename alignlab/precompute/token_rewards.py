@@ -9,8 +9,10 @@ Alignment (T5.3.1-T5.3.4): the response ids scored under both contexts are the p
 re-tokenized. Only the context is truncated, from the left (a leading BOS is kept). Every row is checked before
 scoring: the ids after each context must equal the training ids, else TokenRewardAlignmentError.
 
-Cost (T6): two forward rows per response, both contexts of a response in the same forward batch
-(``batch_size`` responses = 2 x batch_size rows per forward). fp32 log-softmax (SequenceScorer).
+Cost (T6): two scored sequences per response, both contexts of a response in the same forward batch
+(``batch_size`` responses = 2 x batch_size sequences per forward). fp32 log-softmax (SequenceScorer). Where the
+model supports it (SequenceScorer.pack_spec) the two sequences run packed as one: their common context prefix once,
+then each context's rest + the response as two branches (docs/conventions.md L2.10); identical contexts once.
 Cache: ``<cache>/treg_rewards/<key>.safetensors``, next to ``<cache>/reflogps/``; key = refcache's
 reference key (every token id, scorer fingerprint, dtype) + template + context texts + tokenizer + max_length.
 """
@@ -31,8 +33,9 @@ from alignlab.data.tokenize import PairTokenizer, TokenizedPair
 from alignlab.losses.treg import rescale_token_rewards, token_rewards_from_logps
 from alignlab.models.loading import cache_dir, model_fingerprint, tokenizer_fingerprint
 from alignlab.models.scorer import SequenceScorer
+from alignlab.ops.packing import PackedBatch, PackSpec, pack_groups
 from alignlab.precompute.cache import rank_shard, store_atomic, sum_over_ranks
-from alignlab.precompute.reference import reference_key
+from alignlab.precompute.reference import forward_layout, reference_key
 
 
 class TemplateError(ValueError):
@@ -257,8 +260,10 @@ def compute_token_rewards(
     max_length: int | None = None,
     indices: list[int] | None = None,
     device=None,
+    packing: str = "shared_prompt",
 ) -> TokenRewardResult:
-    """Score ``pairs[indices]`` (default all) without caching. ``batch_size`` responses per forward (2 rows each)."""
+    """Score ``pairs[indices]`` (default all) without caching. ``batch_size`` responses per forward (2 sequences
+    each); ``packing`` as TrainConfig.packing."""
     tpl = resolve_template(template)
     pt = PairTokenizer(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -271,7 +276,8 @@ def compute_token_rewards(
             jobs.append((k, side, rows))
     jobs.sort(key=lambda j: -(max(len(j[2].better_ctx), len(j[2].worse_ctx)) + len(j[2].response)))
     device = device if device is not None else next(model.parameters()).device
-    scorer = SequenceScorer(model)
+    scorer = SequenceScorer(model, packing=packing)
+    pack = scorer.pack_spec
     was_training = model.training
     model.eval()
     out: dict[tuple[int, str], list[float]] = {}
@@ -284,7 +290,8 @@ def compute_token_rewards(
         for j, c in enumerate(ctxs):  # the ids actually scored are the training ids
             if ids[j, len(c) : len(c) + len(resps[j])].tolist() != resps[j]:
                 raise TokenRewardAlignmentError(f"{chunk[j // 2][2].source}: scored ids differ from training ids")
-        tok = scorer(ids.to(device), attn.to(device), comp.to(device), return_tokens=True).token.float().cpu()
+        packed = {} if pack is None else {"packed": _context_groups(chunk, pad_id, pack).to(device)}
+        tok = scorer(ids.to(device), attn.to(device), comp.to(device), return_tokens=True, **packed).token.float().cpu()
         mask = comp[:, 1:]
         calls += 1
         n_rows += ids.shape[0]
@@ -300,6 +307,19 @@ def compute_token_rewards(
     return TokenRewardResult(rewards, False, None, calls, n_rows)
 
 
+def _context_groups(chunk: list[tuple[int, str, ContextRows]], pad_id: int, pack: PackSpec) -> PackedBatch:
+    """The 2 x len(chunk) scored sequences (2j: better context + response, 2j+1: worse) packed: per response, the
+    two contexts' common prefix once, then the rest of each context + the response (only the response scored)."""
+    groups = []
+    for j, (_, _, r) in enumerate(chunk):
+        n = next((i for i, (a, b) in enumerate(zip(r.better_ctx, r.worse_ctx)) if a != b), None)
+        n = min(len(r.better_ctx), len(r.worse_ctx)) if n is None else n
+        ctxs = (r.better_ctx, r.worse_ctx)
+        branches = [(ctx[n:] + r.response, len(r.response), 2 * j + side) for side, ctx in enumerate(ctxs)]
+        groups.append((r.better_ctx[:n], branches))
+    return pack_groups(groups, 2 * len(chunk), pad_id, pack)
+
+
 def _texts_fingerprint(pairs: list[TokenizedPair]) -> str:
     h = hashlib.sha256()
     for p in pairs:
@@ -308,12 +328,19 @@ def _texts_fingerprint(pairs: list[TokenizedPair]) -> str:
 
 
 def token_rewards_key(
-    pairs: list[TokenizedPair], scorer_fp: str, dtype: str, template: TregTemplate, tokenizer, max_length: int | None
+    pairs: list[TokenizedPair],
+    scorer_fp: str,
+    dtype: str,
+    template: TregTemplate,
+    tokenizer,
+    max_length: int | None,
+    layout: str = "",
 ) -> str:
-    """refcache.reference_key (token ids, scorer, dtype) + template + texts + tokenizer/chat template + budget."""
+    """refcache.reference_key (token ids, scorer, dtype, forward layout) + template + texts + tokenizer/chat
+    template + budget."""
     blob = "|".join(
         [
-            reference_key(pairs, scorer_fp, dtype),
+            reference_key(pairs, scorer_fp, dtype, layout),
             template.fingerprint(),
             _texts_fingerprint(pairs),
             tokenizer_fingerprint(tokenizer),
@@ -346,12 +373,14 @@ def cached_token_rewards(
     max_length: int | None = None,
     accelerator=None,
     scorer_fp: str | None = None,
+    packing: str = "shared_prompt",
 ) -> TokenRewardResult:
     """Load or compute (and store) r̂ for every pair. Under ``accelerator`` each rank scores a shard of the
     pairs and one all-reduce joins them (as refcache.reference_logps)."""
     tpl = resolve_template(template)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    key = token_rewards_key(pairs, scorer_fp or model_fingerprint(model), dtype, tpl, tokenizer, max_length)
+    layout = forward_layout(SequenceScorer(model, packing=packing))
+    key = token_rewards_key(pairs, scorer_fp or model_fingerprint(model), dtype, tpl, tokenizer, max_length, layout)
     path = cache_dir() / "treg_rewards" / f"{key}.safetensors"  # a sibling of reflogps/, not inside it
     expected = _lengths(pairs)
     if path.exists():
@@ -368,6 +397,7 @@ def cached_token_rewards(
         max_length,
         mine,
         accelerator.device if accelerator is not None else None,
+        packing,
     )
     if accelerator is not None and accelerator.num_processes > 1:  # every rank joins the all-reduce
         full: list[tuple[list[float], list[float]]] = [
@@ -421,6 +451,7 @@ def token_rewards_for_training(
         2 * cfg.max_length,
         accelerator,
         scorer_fp,
+        getattr(cfg, "packing", "shared_prompt"),
     )
     if accelerator.is_main_process:
         print(

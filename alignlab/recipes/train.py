@@ -33,8 +33,8 @@ from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
 from alignlab.losses.treg import DEFAULT_ALPHA, WEIGHTINGS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import apply_lora
-from alignlab.models.scorer import SequenceScorer
-from alignlab.precompute.reference import reference_key, reference_logps
+from alignlab.models.scorer import PACKING, SequenceScorer
+from alignlab.precompute.reference import forward_layout, reference_key, reference_logps
 from alignlab.precompute.token_rewards import resolve_template, token_rewards_for_training
 from alignlab.training import step as step_lib
 from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
@@ -101,6 +101,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = True
+    packing: str = "shared_prompt"  # shared_prompt | dense | off: prompt once per pair (conventions L2.10)
     seed: int = 42
     # reference
     ref_batch_size: int = 8  # pairs per forward of the reference / token-reward precompute
@@ -148,6 +149,8 @@ class TrainConfig:
             raise ConfigError("per_device_batch_size and grad_accum must be >= 1")
         if self.on_bad not in ("error", "skip"):
             raise ConfigError("on_bad must be 'error' or 'skip'")
+        if self.packing not in PACKING:
+            raise ConfigError(f"packing must be one of {', '.join(PACKING)}, got {self.packing!r}")
         if not (0.0 <= self.alpha < float("inf")):
             raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if self.treg_weighting not in WEIGHTINGS:
@@ -221,10 +224,9 @@ def _tables(cfg: TrainConfig, accelerator, model, tokenizer, pairs, pad_id, mode
         treg = token_rewards_for_training(cfg, accelerator, model, tokenizer, pairs, model_fp)
         out.tokens, out.treg_hit = treg.rewards, treg.cache_hit
     if not (cfg.reference_free or spec.reference_free):
-        key = reference_key(pairs, model_fp, cfg.dtype)
-        out.ref, out.ref_hit, path = reference_logps(
-            accelerator, SequenceScorer(model), pairs, pad_id, key, cfg.ref_batch_size
-        )
+        scorer = SequenceScorer(model, packing=cfg.packing)
+        key = reference_key(pairs, model_fp, cfg.dtype, forward_layout(scorer))
+        out.ref, out.ref_hit, path = reference_logps(accelerator, scorer, pairs, pad_id, key, cfg.ref_batch_size)
         if accelerator.is_main_process:
             print(f"[alignlab] {what}reference log-probs: {'cache hit' if out.ref_hit else 'computed'} ({path})")
     return out
@@ -307,7 +309,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
     )
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * plan.steps_per_epoch
     scheduler = _build_scheduler(cfg, optimizer, total_steps)
-    scorer, optimizer, scheduler = accelerator.prepare(SequenceScorer(model), optimizer, scheduler)
+    scorer = SequenceScorer(model, packing=cfg.packing)
+    if is_main:
+        scorer.pack_spec  # noqa: B018 - decided once (packing_support), then logged
+        print(f"[alignlab] forward: {scorer.packing_note}")
+    scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
 
     start_step = 0
     resume_dir = find_resume_dir(cfg.resume_from, run_dir)
@@ -352,7 +358,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
             step,
             token_rewards=tables.tokens,
         )
-        record = step_metrics(out.stats, out.grad_norm, step + 1, scheduler.get_last_lr()[0], time.perf_counter() - t0)
+        lr = scheduler.get_last_lr()[0]
+        record = step_metrics(out.stats, out.grad_norm, step + 1, lr, time.perf_counter() - t0, out.forward)
         history.append(record)
         if (step + 1) % cfg.logging_steps == 0 or step + 1 == last_step:
             logger.log(record)

@@ -57,9 +57,9 @@ def shard_sums(settings: StepSettings, scorer, es: EvalSet, pad_id: int, rank: i
     """(names, [len(names) + 1] float64 sums of every per-pair metric over this rank's shard, then the pair
     count). ``scorer``: a SequenceScorer (not DDP-wrapped); call under no_grad."""
     token_rewards = es.token_rewards if settings.spec.token_level else None
-    parts = []
+    parts, pack = [], getattr(scorer, "pack_spec", None)  # the layout of the reference precompute and of training
     for idx in shard_batches(es.pairs, rank, world, es.batch_size):
-        batch = collate_pairs([es.pairs[i] for i in idx], idx, pad_id, es.ref_table, token_rewards).to(device)
+        batch = collate_pairs([es.pairs[i] for i in idx], idx, pad_id, es.ref_table, token_rewards, pack).to(device)
         obj, pl = pair_objective(settings, scorer, batch)
         parts.append(PairStats.of(obj, pl))
     values = pair_values(PairStats.cat(parts))

@@ -44,12 +44,23 @@ def pair_values(stats: PairStats) -> dict[str, torch.Tensor]:
     return v
 
 
-def step_metrics(stats: PairStats, grad_norm: float, step: int, lr: float, step_s: float | None = None) -> dict:
-    """One metrics.jsonl row from the gathered per-pair stats of a step (TRL's names, docs/metrics.md)."""
+def step_metrics(
+    stats: PairStats,
+    grad_norm: float,
+    step: int,
+    lr: float,
+    step_s: float | None = None,
+    forward: dict[str, int] | None = None,
+) -> dict:
+    """One metrics.jsonl row from the gathered per-pair stats of a step (TRL's names, docs/metrics.md).
+    ``forward``: StepOut.forward (positions, padding, pairs of the step's forwards, over every rank)."""
     m = {"step": step} | {k: v.mean().item() for k, v in pair_values(stats).items()}
     m |= {"grad_norm": grad_norm, "learning_rate": lr}
     if step_s is not None:
         m["time/step_s"] = step_s
+    if forward and forward.get("positions"):
+        m["batch/padding_share"] = forward["padding"] / forward["positions"]
+        m["batch/positions_per_pair"] = forward["positions"] / max(1, forward["pairs"])
     return m
 
 

@@ -98,6 +98,7 @@ class PairStats:
 class StepOut:
     stats: PairStats  # gathered over ranks
     grad_norm: float
+    forward: dict[str, int] = field(default_factory=dict)  # "positions", "padding", "pairs": summed over ranks
 
 
 def pair_logps(out, n: int, ref: torch.Tensor | None) -> PairLogps:
@@ -111,7 +112,8 @@ def pair_objective(settings: StepSettings, scorer, batch) -> tuple[ObjectiveOut,
     and the policy's per-sequence log-probs. Token-level losses get the per-token log-probs and ``batch``'s token
     rewards."""
     token_level = settings.spec.token_level
-    out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level)
+    packed = {"packed": batch.packed} if batch.packed is not None else {}
+    out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level, **packed)
     pl = pair_logps(out, batch.n_pairs, batch.ref_logps)
     tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
     return preference_objective(pl, settings.spec, settings.params, settings.reference_free, tokens), pl
@@ -127,12 +129,16 @@ def accumulate_gradients(
     pad_id: int,
     step: int,
     token_rewards=None,
+    counters: dict[str, int] | None = None,
 ) -> tuple[PairStats, list]:
     """Forward/backward over this rank's micro-batches of one step (no optimizer step).
 
     Returns this rank's per-pair stats and the sources of any micro-batch whose loss was not finite.
     Token-level losses (T-REG) also need ``token_rewards`` (per-pair (chosen, rejected) r̂ lists of the whole
     dataset); only they ask the scorer for per-token log-probs, so other losses run unchanged.
+    Micro-batches are packed (prompt once per pair, alignlab.ops.packing) when the scorer's ``pack_spec`` says so.
+    ``counters``, if given, gets "positions" / "padding" (forward positions computed, of which padding) and "pairs"
+    added.
     """
     micro = plan.micro_batches(step, accelerator.process_index)
     global_idx = plan.global_batch(step)
@@ -143,10 +149,15 @@ def accumulate_gradients(
     if token_level and token_rewards is None:
         raise ValueError(f"loss {settings.spec.name!r} needs token rewards (alignlab.precompute.token_rewards)")
     stats, bad_local = [], []
+    pack = getattr(accelerator.unwrap_model(scorer), "pack_spec", None)
     for j, idx in enumerate(micro):
         batch = collate_pairs(
-            [pairs[i] for i in idx], idx, pad_id, ref_table, token_rewards if token_level else None
+            [pairs[i] for i in idx], idx, pad_id, ref_table, token_rewards if token_level else None, pack
         ).to(accelerator.device)
+        if counters is not None:
+            positions, padding = batch.forward_positions()
+            for k, v in (("positions", positions), ("padding", padding), ("pairs", len(idx))):
+                counters[k] = counters.get(k, 0) + v
         sync = j == len(micro) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(scorer):
             obj, pl = pair_objective(settings, scorer, batch)
@@ -173,9 +184,20 @@ def train_step(
     step: int,
     token_rewards=None,
 ) -> StepOut:
-    """One optimizer step; returns the per-pair stats gathered from every rank and the gradient norm."""
+    """One optimizer step; returns the per-pair stats gathered from every rank, the gradient norm and the forward
+    positions computed (summed over ranks: ``forward`` = positions, padding, pairs)."""
+    counters: dict[str, int] = {}
     stats, bad_local = accumulate_gradients(
-        settings, accelerator, scorer, plan, pairs, ref_table, pad_id, step, token_rewards=token_rewards
+        settings,
+        accelerator,
+        scorer,
+        plan,
+        pairs,
+        ref_table,
+        pad_id,
+        step,
+        token_rewards=token_rewards,
+        counters=counters,
     )
     clip = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
     grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), clip)
@@ -190,4 +212,6 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepOut(stats.gather(accelerator), float(grad_norm))
+    keys = ("positions", "padding", "pairs")
+    summed = accelerator.reduce(torch.tensor([counters[k] for k in keys], device=accelerator.device), "sum")
+    return StepOut(stats.gather(accelerator), float(grad_norm), dict(zip(keys, summed.tolist())))
