@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from alignlab.config import ConfigError, config_dict, reject_unread, save_config
+from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.losses.rl_registry import RL_ALGOS, RL_KEYS
 from alignlab.models.scorer import SequenceScorer
 from alignlab.rollout.rl_rollout import BACKENDS, RolloutSettings, apply_rewards, encode_prompts, sample_rollouts
@@ -41,16 +41,14 @@ from alignlab.rollout.rl_setup import (
     reward_for,
 )
 from alignlab.training import rl_step
-from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
-from alignlab.training.metrics import MetricsLogger
+from alignlab.training.checkpoint import save_checkpoint
 from alignlab.training.rl_batch import ValueScorer, token_values
+from alignlab.training.run_state import start_run
 from alignlab.training.trackers import (
-    DEFAULT_PROJECT,
     active_trackers,
     default_trackers,
     make_trackers,
     parse_report_to,
-    tracker_config,
 )
 
 # The per-token KL is a sampled estimate: tiny negatives are noise; below this (nats per token) it is an alert.
@@ -210,15 +208,7 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         policy, value, optimizer = accelerator.prepare(policy, value, optimizer)
     else:
         policy, optimizer = accelerator.prepare(policy, optimizer)
-    start = 0
-    resume_dir = find_resume_dir(cfg.resume_from, run_dir)
-    if resume_dir is not None:
-        start = load_checkpoint(accelerator, resume_dir)
-        if is_main:
-            print(f"[alignlab] resumed from {resume_dir} at step {start}")
-    if trackers:
-        accelerator.init_trackers(DEFAULT_PROJECT, config=tracker_config(config_dict(cfg)))
-    logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start > 0)
+    start, logger = start_run(accelerator, cfg, run_dir, trackers)
     last = min(cfg.max_steps, cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps
     if is_main:
         print(

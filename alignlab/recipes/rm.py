@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from alignlab.config import ConfigError, config_dict, reject_unread, save_config
+from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.formats import load_scored_rows
 from alignlab.models.loading import DTYPES
 from alignlab.models.reward_model import (
@@ -35,10 +35,10 @@ from alignlab.models.reward_model import (
     save_reward_model,
 )
 from alignlab.rewards import HFRewardModel
-from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
+from alignlab.training.checkpoint import save_checkpoint
 from alignlab.training.evaluate import eval_due
 from alignlab.training.inputs import prepare_data, prepare_eval_data, read_eval_records, read_records
-from alignlab.training.metrics import MetricsLogger, read_metrics
+from alignlab.training.metrics import read_metrics
 from alignlab.training.rm_step import (
     LENGTH_BASELINE,
     SHORTER_BASELINE,
@@ -46,15 +46,14 @@ from alignlab.training.rm_step import (
     length_baselines,
     rm_train_step,
 )
+from alignlab.training.run_state import start_run
 from alignlab.training.schedule import BatchPlan
 from alignlab.training.step import NonFiniteLossError
 from alignlab.training.trackers import (
-    DEFAULT_PROJECT,
     active_trackers,
     default_trackers,
     make_trackers,
     parse_report_to,
-    tracker_config,
 )
 
 __all__ = ["NonFiniteLossError", "RMConfig", "RMResult", "main", "train_rm"]
@@ -230,15 +229,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
     )
     scorer, optimizer, scheduler = accelerator.prepare(RewardScorer(model), optimizer, scheduler)
 
-    start_step = 0
-    resume_dir = find_resume_dir(cfg.resume_from, run_dir)
-    if resume_dir is not None:
-        start_step = load_checkpoint(accelerator, resume_dir)
-        if is_main:
-            print(f"[alignlab] resumed from {resume_dir} at step {start_step}")
-    if trackers:
-        accelerator.init_trackers(DEFAULT_PROJECT, config=tracker_config(config_dict(cfg)))
-    logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
+    start_step, logger = start_run(accelerator, cfg, run_dir, trackers)
     if is_main:
         print(
             f"[alignlab] rm: {len(pairs)} pairs, {world} process(es) on {accelerator.device}, global batch "

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from alignlab.config import ConfigError, config_dict, reject_unread, save_config
+from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.tokenize import TokenizedPair
 from alignlab.eval.diagnose import diagnose
 from alignlab.eval.treg_diagnostics import format_diagnostics, token_reward_diagnostics
@@ -37,18 +37,17 @@ from alignlab.models.scorer import PACKING, SequenceScorer
 from alignlab.precompute.reference import forward_layout, reference_key, reference_logps
 from alignlab.precompute.token_rewards import resolve_template, token_rewards_for_training
 from alignlab.training import step as step_lib
-from alignlab.training.checkpoint import find_resume_dir, load_checkpoint, save_checkpoint
+from alignlab.training.checkpoint import save_checkpoint
 from alignlab.training.evaluate import EvalSet, eval_due, eval_report, evaluate, length_baselines, write_best
 from alignlab.training.inputs import prepare_data, prepare_eval_data, read_eval_records, read_records
-from alignlab.training.metrics import MetricsLogger, read_metrics, step_metrics
+from alignlab.training.metrics import read_metrics, step_metrics
+from alignlab.training.run_state import start_run
 from alignlab.training.schedule import BatchPlan
 from alignlab.training.trackers import (
-    DEFAULT_PROJECT,
     active_trackers,
     default_trackers,
     make_trackers,
     parse_report_to,
-    tracker_config,
 )
 
 NonFiniteLossError = step_lib.NonFiniteLossError
@@ -315,15 +314,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         print(f"[alignlab] forward: {scorer.packing_note}")
     scorer, optimizer, scheduler = accelerator.prepare(scorer, optimizer, scheduler)
 
-    start_step = 0
-    resume_dir = find_resume_dir(cfg.resume_from, run_dir)
-    if resume_dir is not None:
-        start_step = load_checkpoint(accelerator, resume_dir)
-        if is_main:
-            print(f"[alignlab] resumed from {resume_dir} at step {start_step}")
-    if trackers:
-        accelerator.init_trackers(DEFAULT_PROJECT, config=tracker_config(config_dict(cfg)))
-    logger = MetricsLogger(run_dir / "metrics.jsonl", accelerator, append=start_step > 0)
+    start_step, logger = start_run(accelerator, cfg, run_dir, trackers)
     if is_main:
         print(
             f"[alignlab] {len(pairs)} pairs, {world} process(es) on {accelerator.device}, "
