@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignlab.data.collate import left_pad
 from alignlab.data.tokenize import PairTokenizer, stop_ids
 from alignlab.data.types import Text
 from alignlab.decoding import prompt_text
@@ -55,16 +56,6 @@ def encode_prompts(tokenizer, prompts: list[Text], max_prompt_length: int) -> li
     return out
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), P), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, P - len(r) :] = 1
-    return ids, mask
-
-
 def response_mask_of(tokens: torch.Tensor, stops: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask [B, T], finished [B]): True up to and including the first stop token of each row."""
     is_stop = torch.isin(tokens, torch.tensor(stops, device=tokens.device))
@@ -88,7 +79,7 @@ def sample_rollouts(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = encode_prompts(tokenizer, prompts, s.max_prompt_length)
     rows = [r for r in ids for _ in range(s.group_size)]
-    prompt_ids, prompt_mask = _left_pad(rows, pad_id)
+    prompt_ids, prompt_mask = left_pad(rows, pad_id)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
