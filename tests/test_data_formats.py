@@ -434,3 +434,20 @@ def test_hf_offline_error_names_spec(tmp_path):
         cwd=Path(__file__).resolve().parents[1],
     )
     assert "DataError: could not load 'hf:alignlab-test/no-such-dataset:cfg' (split 'train')" in out.stdout, out
+
+
+def test_jsonl_row_range(tmp_path):
+    """``path[a:b]`` selects rows Python-slice style over non-blank rows; sources keep the file's line numbers."""
+    from alignlab.data.formats import load_preference_records
+
+    p = tmp_path / "pairs.jsonl"
+    rows = [json.dumps({"prompt": f"q{i}", "chosen": "good", "rejected": "bad"}) for i in range(10)]
+    p.write_text(rows[0] + "\n\n" + "\n".join(rows[1:]) + "\n")  # a blank line 2: not a row
+    first, rep = load_preference_records(f"{p}[:3]")
+    assert [r.prompt for r in first] == ["q0", "q1", "q2"] and rep.read == 3
+    assert first[1].source.endswith(":3")  # the file's own line number, after the blank line
+    last, _ = load_preference_records(f"{p}[-2:]")
+    assert [r.prompt for r in last] == ["q8", "q9"]
+    mid, _ = load_preference_records(f"{p}[4:6]")
+    assert [r.prompt for r in mid] == ["q4", "q5"]
+    assert load_preference_records(f"{p}[20:]")[0] == []
