@@ -58,16 +58,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -95,44 +94,6 @@ SEED = 42
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RSSSampler(threading.Thread):
-    """Samples this process's RSS every ``interval`` s; tracks the overall peak and the peak inside a window."""
-
-    def __init__(self, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.peak = 0
-        self.window_peak = 0
-        self.window_start_rss = 0
-        self.in_window = False
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            self.peak = max(self.peak, rss)
-            if self.in_window:
-                self.window_peak = max(self.window_peak, rss)
-            time.sleep(self.interval)
-
-    def open_window(self) -> None:
-        self.window_start_rss = _rss_bytes()
-        self.window_peak = self.window_start_rss
-        self.in_window = True
-
-    def close_window(self) -> None:
-        self.window_peak = max(self.window_peak, _rss_bytes())
-        self.in_window = False
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 class Phases:
@@ -166,17 +127,6 @@ class Phases:
         module.register_forward_hook(lambda m, a, o: self.stop(name))
 
 
-def _install_common_probes(ph: Phases) -> None:
-    """Backward, clipping and optimizer step are timed the same way in both libraries (accelerate + torch)."""
-    import accelerate
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-    accelerate.Accelerator.backward = ph.wrap("backward", accelerate.Accelerator.backward)
-    accelerate.Accelerator.clip_grad_norm_ = ph.wrap("grad clip", accelerate.Accelerator.clip_grad_norm_)
-    register_optimizer_step_pre_hook(lambda opt, a, k: ph.start("optimizer step"))
-    register_optimizer_step_post_hook(lambda opt, a, k: ph.stop("optimizer step"))
-
-
 def _profiler(enabled: bool):
     import torch
 
@@ -192,15 +142,44 @@ def _profile_table(prof) -> str:
 # ----------------------------------------------------------------------------- parent: data
 
 
+def _pairs(args, ids: list[dict], rows: list[dict]) -> tuple[list, object]:
+    """TRL's ids as alignlab ``TokenizedPair``s, truncated like TRL's collator (keep_start at ``--max-length``)."""
+    from alignlab.data.tokenize import TokenizedPair, TokenizeReport, truncate_pair
+
+    report = TokenizeReport()
+    pairs = [
+        TokenizedPair(
+            *truncate_pair(
+                x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length, args.max_length - 1, report
+            ),
+            source=r["source"],
+        )
+        for x, r in zip(ids, rows)
+    ]
+    return pairs, report
+
+
+def _plan(args, pairs: list):
+    """Exactly the batch plan alignlab.recipes.train builds (world 1, no accumulation)."""
+    from alignlab.training.schedule import BatchPlan
+
+    return BatchPlan(
+        len(pairs),
+        args.batch,
+        1,
+        1,
+        SEED,
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
+    )
+
+
 def prepare_data(args, path: Path) -> dict:
     """TRL-1.16 ids for the first HH pairs whose prompt TRL keeps, alignlab's batch plan, per-step token counts."""
     from transformers import AutoTokenizer
     from trl.data_utils import _tokenize, common_prefix_length
 
     from alignlab.data.formats import load_preference_records
-    from alignlab.data.tokenize import TokenizedPair, TokenizeReport, truncate_pair
     from alignlab.models.loading import resolve_model_path
-    from alignlab.training.schedule import BatchPlan
 
     n_pairs = (args.warmup + args.steps) * args.batch
     tok = AutoTokenizer.from_pretrained(resolve_model_path(ALIAS))
@@ -222,25 +201,8 @@ def prepare_data(args, path: Path) -> dict:
             break
     if len(rows) < n_pairs:
         raise SystemExit(f"only {len(rows)} usable pairs in {DATA}, need {n_pairs}")
-    report = TokenizeReport()
-    pairs = [
-        TokenizedPair(
-            *truncate_pair(
-                x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length, args.max_length - 1, report
-            ),
-            source=r["source"],
-        )
-        for x, r in zip(ids, rows)
-    ]
-    # exactly the plan alignlab.recipes.train builds (world 1, no accumulation)
-    plan = BatchPlan(
-        len(pairs),
-        args.batch,
-        1,
-        1,
-        SEED,
-        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
-    )
+    pairs, report = _pairs(args, ids, rows)
+    plan = _plan(args, pairs)
     order, step_tokens, step_unique = [], [], []
     for s in range(args.warmup + args.steps):
         batch = plan.global_batch(s)
@@ -268,16 +230,8 @@ def prepare_data(args, path: Path) -> dict:
 # ----------------------------------------------------------------------------- children
 
 
-def _child_common(args):
-    import torch
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
-    sampler = RSSSampler()
-    sampler.start()
-    ph = Phases()
-    _install_common_probes(ph)
-    return sampler, ph
+def _child_common(args) -> tuple[benchlib.RSSSampler, Phases]:
+    return benchlib.child_common(args.threads, SEED, lambda sampler: Phases())
 
 
 def _step_end(ends: list, warmup: int, n_steps: int, ph, sampler, prof) -> None:
@@ -308,7 +262,6 @@ def run_alignlab(args, data: dict, name: str = "alignlab") -> dict:
     sampler, ph = _child_common(args)
     import alignlab.recipes.train as T
     import alignlab.training.step as S
-    from alignlab.data.tokenize import TokenizedPair, TokenizeReport, truncate_pair
     from alignlab.models.loading import load_model_and_tokenizer
     from alignlab.models.scorer import SequenceScorer
     from alignlab.recipes.train import TrainConfig
@@ -316,16 +269,7 @@ def run_alignlab(args, data: dict, name: str = "alignlab") -> dict:
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(ALIAS, dtype="float32")
     setup_s = time.perf_counter() - t0
-    report = TokenizeReport()
-    pairs = [
-        TokenizedPair(
-            *truncate_pair(
-                x["prompt_ids"], x["chosen_ids"], x["rejected_ids"], args.max_length, args.max_length - 1, report
-            ),
-            source=r["source"],
-        )
-        for x, r in zip(data["ids"], data["rows"])
-    ]
+    pairs, _ = _pairs(args, data["ids"], data["rows"])
     n_steps = args.warmup + args.steps
     out_dir = Path(tempfile.mkdtemp(prefix="bench_alignlab_"))
     cfg = TrainConfig(
@@ -383,16 +327,7 @@ def run_alignlab(args, data: dict, name: str = "alignlab") -> dict:
     padding = sum(m["batch/padding_share"] * n for m, n in zip(timed, positions))
     shutil.rmtree(out_dir, ignore_errors=True)
     sampler.stop()
-    from alignlab.training.schedule import BatchPlan
-
-    plan = BatchPlan(
-        len(pairs),
-        args.batch,
-        1,
-        1,
-        SEED,
-        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs],
-    )
+    plan = _plan(args, pairs)
     step_tokens = [
         sum(
             2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
@@ -464,36 +399,19 @@ def run_trl(args, data: dict, name: str) -> dict:
             return ph.wrap("forward + loss + metrics (compute_loss)", super().compute_loss)(*a, **k)
 
     cfg = DPOConfig(
-        output_dir=str(out_dir),
-        report_to="none",
-        use_cpu=True,
+        **benchlib.trl_training_args(out_dir, args.lr, n_steps, SEED),
         bf16=args.bf16,
-        fp16=False,
-        gradient_checkpointing=False,
         disable_dropout=True,
         max_length=args.max_length,
         truncation_mode="keep_start",
         padding_free=padding_free,
         per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1,
-        max_steps=n_steps,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
         loss_type=["sigmoid"],
         beta=0.1,
         precompute_ref_log_probs=precompute,
         precompute_ref_batch_size=2 * args.batch,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=SEED,
-        data_seed=SEED,
         train_sampling_strategy="sequential",
-        dataloader_num_workers=0,
         dataloader_drop_last=False,
     )
     trainer = TimedDPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
@@ -565,8 +483,6 @@ def run_trl(args, data: dict, name: str) -> dict:
 def _summary(
     args, name, ends, step_tokens, losses, ref_s, ref_cpu_s, n_pairs_scored, setup_s, sampler, phases, prof, extra
 ):
-    import resource
-
     w, n = args.warmup, args.steps
     assert len(ends) == w + n, (len(ends), w + n)
     wall = [e[0] for e in ends]
@@ -603,10 +519,7 @@ def _summary(
         "tokens_per_cpu_s_amortized": timed_tokens / (timed_cpu_s + ref_cpu_s * share),
         "setup_s": setup_s,
         "losses": losses,
-        "rss_peak_steps_mib": sampler.window_peak / 2**20,
-        "rss_at_first_timed_step_mib": sampler.window_start_rss / 2**20,
-        "rss_peak_mib": sampler.peak / 2**20,
-        "ru_maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **benchlib.memory_summary(sampler),
         "phases_per_step_s": {k: v / n for k, v in sorted(phases.items())},
         "profile": _profile_table(prof) if prof is not None else None,
     }
@@ -617,52 +530,13 @@ def _summary(
 # ----------------------------------------------------------------------------- parent
 
 
+PACKAGES = ("torch", "transformers", "trl", "accelerate")
+
+
 def machine_info(args) -> dict:
-    import accelerate
-    import torch
-    import transformers
-
-    try:
-        import trl
-
-        trl_v = trl.__version__
-    except ImportError:
-        trl_v = "not installed"
-    cpu, flags = platform.processor() or "?", []
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-            if cpu != "?" and flags:
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "memory": mem,
-        "threads": args.threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl_v,
-        "accelerate": accelerate.__version__,
-        "platform": platform.platform(),
-        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
-        "cpu_flags_all": " ".join(flags),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "fp32_matmul_gflops": matmul_peak(args.threads),
-    }
+    info = benchlib.machine_info(args.threads, CPU_FLAGS, PACKAGES)
+    info["fp32_matmul_gflops"] = matmul_peak(args.threads)
+    return info
 
 
 def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
@@ -682,65 +556,15 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
-
-
 def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict:
-    result = workdir / f"{name}.{rep}.json"
-    log = workdir / f"{name}.{rep}.log"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        name,
-        "--data",
-        str(data_path),
-        "--result",
-        str(result),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--batch",
-        str(args.batch),
-        "--max-length",
-        str(args.max_length),
-        "--threads",
-        str(args.threads),
-        "--lr",
-        str(args.lr),
-    ]
+    child_args = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+    child_args += ["--max-length", str(args.max_length), "--threads", str(args.threads), "--lr", str(args.lr)]
     if args.profile:
-        cmd.append("--profile")
+        child_args.append("--profile")
     if args.bf16:
-        cmd.append("--bf16")
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    from alignlab.models.loading import cache_dir
-
-    env.setdefault("ALIGNLAB_MODEL_CACHE", str(cache_dir() / "models"))  # keep the shared model cache
-    env["ALIGNLAB_CACHE"] = str(workdir / f"cache_{name}_{rep}")  # fresh: the reference is really computed
-    load_before = _loadavg()
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not result.exists():
-        print(log.read_text()[-4000:], file=sys.stderr)
-        raise SystemExit(f"{name} child failed (exit {code}); log: {log}")
-    res = json.loads(result.read_text())
-    res.update(
-        ru_maxrss_mib=ru.ru_maxrss / 1024,
-        child_wall_s=wall,
-        loadavg_before=load_before,
-        loadavg_after=_loadavg(),
-        log=str(log),
-    )
+        child_args.append("--bf16")
+    res, measured, log = benchlib.run_child(__file__, name, data_path, workdir, rep, child_args, args.threads)
+    res.update(measured, log=str(log))
     return res
 
 
@@ -768,32 +592,21 @@ def _fmt_table(results: list[dict]) -> list[str]:
     return lines
 
 
-def _median_by_config(results: list[dict]) -> dict[str, dict]:
-    out = {}
-    for name in CONFIGS:
-        rs = [r for r in results if r["name"] == name]
-        if not rs:
-            continue
-        keys = (
-            "pairs_per_s",
-            "pairs_per_s_median_step",
-            "pairs_per_cpu_s",
-            "pairs_per_s_amortized",
-            "tokens_per_s",
-            "rss_peak_steps_mib",
-            "ru_maxrss_mib",
-        )
-        out[name] = {k: statistics.median(r[k] for r in rs) for k in keys}
-    return out
+MEDIAN_KEYS = (
+    "pairs_per_s",
+    "pairs_per_s_median_step",
+    "pairs_per_cpu_s",
+    "pairs_per_s_amortized",
+    "tokens_per_s",
+    "rss_peak_steps_mib",
+    "ru_maxrss_mib",
+)
 
 
 def report(args, info: dict, data: dict, results: list[dict]) -> str:
-    flags = " ".join(f for f, on in info["cpu_flags"].items() if on) or "none of " + ", ".join(CPU_FLAGS)
-    missing = " ".join(f for f, on in info["cpu_flags"].items() if not on)
+    flags, missing = benchlib.flag_lists(info, CPU_FLAGS)
     lines = [
-        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']} RAM; "
-        f"torch threads per run: {info['threads']}. Python {info['python']}, torch {info['torch']}, "
-        f"transformers {info['transformers']}, trl {info['trl']}, accelerate {info['accelerate']}.",
+        benchlib.machine_line(info, PACKAGES),
         "",
         f"CPU flags: {flags} (absent: {missing}); torch CPU capability {info['torch_cpu_capability']}; "
         f"fp32 matmul {info['fp32_matmul_gflops']:.0f} GFLOP/s at {info['threads']} thread(s).",
@@ -807,7 +620,7 @@ def report(args, info: dict, data: dict, results: list[dict]) -> str:
         "",
     ]
     lines += _fmt_table(results)
-    med = _median_by_config(results)
+    med = benchlib.median_by_config(results, CONFIGS, MEDIAN_KEYS)
     lines.append("")
     for mine in [c for c in CONFIGS if c.startswith("alignlab") and c in med]:
         a = med[mine]
@@ -879,10 +692,7 @@ def main() -> None:
     data_path = workdir / "data.json"
     data = prepare_data(args, data_path)
     print(f"{len(data['rows'])} pairs; tokens per step: {data['step_tokens']}")
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = sorted(set(configs) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    configs = benchlib.parse_configs(args.configs, CONFIGS)
     results = []
     for rep in range(args.repeats):
         for name in configs:

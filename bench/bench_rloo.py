@@ -55,16 +55,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import benchlib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,54 +98,17 @@ def trl_reward(prompts, completions, **kwargs) -> list[float]:
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RSSSampler(threading.Thread):
-    """Samples this process's RSS every ``interval`` s; tracks the overall peak and the peak inside a window."""
-
-    def __init__(self, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.peak = 0
-        self.window_peak = 0
-        self.window_start_rss = 0
-        self.in_window = False
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            self.peak = max(self.peak, rss)
-            if self.in_window:
-                self.window_peak = max(self.window_peak, rss)
-            time.sleep(self.interval)
-
-    def open_window(self) -> None:
-        self.window_start_rss = _rss_bytes()
-        self.window_peak = self.window_start_rss
-        self.in_window = True
-
-    def close_window(self) -> None:
-        self.window_peak = max(self.window_peak, _rss_bytes())
-        self.in_window = False
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class StepClock:
     """Per-step wall and CPU time, and named phase times / counts recorded into the step that is open.
 
     The RSS window opens at the start of the first timed step and closes at the end of the last one."""
 
-    def __init__(self, sampler: RSSSampler | None, warmup: int, n_steps: int):
+    def __init__(self, sampler: benchlib.RSSSampler | None, warmup: int, n_steps: int):
         self.sampler, self.warmup, self.n_steps = sampler, warmup, n_steps
         self.steps: list[dict] = []
         self.cur: dict | None = None
         self._depth: dict[str, int] = defaultdict(int)
+        self._starts: dict[str, list[float]] = defaultdict(list)
 
     def begin(self) -> None:
         if self.cur is not None:
@@ -175,6 +137,12 @@ class StepClock:
         if self.cur is not None:
             self.cur["phases"][name] += seconds
 
+    def start(self, name: str) -> None:
+        self._starts[name].append(time.perf_counter())
+
+    def stop(self, name: str) -> None:
+        self.add_time(name, time.perf_counter() - self._starts[name].pop())
+
     def wrap(self, name: str, fn):
         """``fn`` timed into phase ``name`` (nested calls of the same phase count once)."""
 
@@ -194,8 +162,6 @@ class StepClock:
 def _install_common_probes(clock: StepClock) -> None:
     """Timed the same way in every child: the time inside ``generate`` (and what it computed), backward, clipping
     and the optimizer step (transformers, accelerate and torch, used by both libraries)."""
-    import accelerate
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
     from transformers.generation.utils import GenerationMixin
 
     orig_generate = GenerationMixin.generate
@@ -213,25 +179,14 @@ def _install_common_probes(clock: StepClock) -> None:
         return out
 
     GenerationMixin.generate = generate
-    accelerate.Accelerator.backward = clock.wrap("backward", accelerate.Accelerator.backward)
-    accelerate.Accelerator.clip_grad_norm_ = clock.wrap("grad clip", accelerate.Accelerator.clip_grad_norm_)
-    opt_t0: list[float] = []
-    register_optimizer_step_pre_hook(lambda opt, a, k: opt_t0.append(time.perf_counter()))
-    register_optimizer_step_post_hook(
-        lambda opt, a, k: clock.add_time("optimizer step", time.perf_counter() - opt_t0.pop())
-    )
+    benchlib.install_common_probes(clock)
 
 
-def _child_common(args) -> tuple[RSSSampler, StepClock]:
-    import torch
+def _child_common(args) -> tuple[benchlib.RSSSampler, StepClock]:
+    def clock(sampler: benchlib.RSSSampler) -> StepClock:
+        return StepClock(sampler, args.warmup, args.warmup + args.steps)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
-    sampler = RSSSampler()
-    sampler.start()
-    clock = StepClock(sampler, args.warmup, args.warmup + args.steps)
-    _install_common_probes(clock)
-    return sampler, clock
+    return benchlib.child_common(args.threads, SEED, clock, _install_common_probes)
 
 
 def _rows(args) -> int:
@@ -398,12 +353,8 @@ def run_trl(args, data: dict) -> dict:
     out_dir = Path(tempfile.mkdtemp(prefix="bench_rloo_trl_"))
     micro = _micro(args)
     cfg = RLOOConfig(
-        output_dir=str(out_dir),
-        report_to="none",
-        use_cpu=True,
+        **benchlib.trl_training_args(out_dir, args.lr, n_steps, SEED),
         bf16=False,  # TRL's default is True (bf16 autocast, also on CPU)
-        fp16=False,
-        gradient_checkpointing=False,  # TRL's default is True
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=_rows(args) // micro,  # steps_per_generation follows: one generation per step
         num_generations=K,
@@ -416,21 +367,8 @@ def run_trl(args, data: dict) -> dict:
         num_iterations=1,
         epsilon=CLIP,
         normalize_advantages=False,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        max_steps=n_steps,
-        logging_steps=1,
         log_completions=False,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=SEED,
-        data_seed=SEED,
         shuffle_dataset=False,  # the dataset is already in alignlab's per-step order
-        dataloader_num_workers=0,
     )
     peft_config = LoraConfig(
         r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
@@ -580,9 +518,7 @@ def run_hf_generate(args, data: dict) -> dict:
     return res
 
 
-def _summary(args, name: str, clock: StepClock, sampler: RSSSampler, setup_s: float, extra: dict) -> dict:
-    import resource
-
+def _summary(args, name: str, clock: StepClock, sampler: benchlib.RSSSampler, setup_s: float, extra: dict) -> dict:
     w, n = args.warmup, args.steps
     steps = clock.steps
     assert len(steps) == w + n, (len(steps), w + n)
@@ -617,10 +553,7 @@ def _summary(args, name: str, clock: StepClock, sampler: RSSSampler, setup_s: fl
         "per_step_metrics": [s.get("metrics", {}) for s in steps],
         "all_step_s": [s["end"] - s["begin"] for s in steps],
         "setup_s": setup_s,
-        "rss_peak_steps_mib": sampler.window_peak / 2**20,
-        "rss_at_first_timed_step_mib": sampler.window_start_rss / 2**20,
-        "rss_peak_mib": sampler.peak / 2**20,
-        "ru_maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **benchlib.memory_summary(sampler),
     }
     out.update(extra)
     return out
@@ -629,100 +562,26 @@ def _summary(args, name: str, clock: StepClock, sampler: RSSSampler, setup_s: fl
 # ----------------------------------------------------------------------------- parent
 
 
+PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft")
+
+
 def machine_info(args) -> dict:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    try:
-        import trl
-
-        trl_v = trl.__version__
-    except ImportError:
-        trl_v = "not installed"
-    cpu, flags = platform.processor() or "?", []
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-            if cpu != "?" and flags:
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "memory": mem,
-        "threads": args.threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl_v,
-        "accelerate": accelerate.__version__,
-        "peft": peft.__version__,
-        "platform": platform.platform(),
-        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
-        "avx512_flags": sorted(f for f in flags if f.startswith("avx512")),
-        "cpu_flags_all": " ".join(flags),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "loadavg_start": _loadavg(),
-    }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
+    info = benchlib.machine_info(args.threads, CPU_FLAGS, PACKAGES, avx512_flags=True)
+    info["loadavg_start"] = benchlib.loadavg()
+    return info
 
 
 def run_child(args, name: str, data_path: Path, workdir: Path, rep: int) -> dict:
-    result = workdir / f"{name}.{rep}.json"
-    log = workdir / f"{name}.{rep}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--data", str(data_path)]
-    cmd += ["--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens)]
-    cmd += ["--per-device-batch", str(_micro(args)), "--threads", str(args.threads), "--lr", str(args.lr)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    from alignlab.models.loading import cache_dir
-
-    env.setdefault("ALIGNLAB_MODEL_CACHE", str(cache_dir() / "models"))  # keep the shared model cache
-    env["ALIGNLAB_CACHE"] = str(workdir / f"cache_{name}_{rep}")
-    load_before = _loadavg()
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not result.exists():
-        print(log.read_text()[-4000:], file=sys.stderr)
-        raise SystemExit(f"{name} child failed (exit {code}); log: {log}")
-    res = json.loads(result.read_text())
+    child_args = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    child_args += ["--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens)]
+    child_args += ["--per-device-batch", str(_micro(args)), "--threads", str(args.threads), "--lr", str(args.lr)]
+    res, measured, log = benchlib.run_child(__file__, name, data_path, workdir, rep, child_args, args.threads)
     warnings = [
         ln.strip()
         for ln in log.read_text(errors="replace").splitlines()
         if "warn" in ln.lower() and not ln.strip().startswith("warnings.warn(")
     ]
-    res.update(
-        log_warnings=list(dict.fromkeys(warnings))[:20],
-        ru_maxrss_mib=ru.ru_maxrss / 1024,
-        child_wall_s=wall,
-        loadavg_before=load_before,
-        loadavg_after=_loadavg(),
-        repeat=rep,
-    )
+    res.update(log_warnings=list(dict.fromkeys(warnings))[:20], **measured, repeat=rep)
     return res
 
 
@@ -730,30 +589,15 @@ def _f(x, fmt=".2f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def _median_by_config(results: list[dict]) -> dict[str, dict]:
-    out = {}
-    for name in CONFIGS:
-        rs = [r for r in results if r["name"] == name]
-        if not rs:
-            continue
-        keys = ["steps_per_s", "steps_per_s_median_step", "steps_per_cpu_s", "rss_peak_steps_mib", "ru_maxrss_mib"]
-        keys += ["gen_tokens_per_s", "decode_positions_per_s"]
-        med = {k: statistics.median(r[k] for r in rs) if all(r.get(k) is not None for r in rs) else None for k in keys}
-        for p in PHASES:
-            med[p] = statistics.median(r["phases_per_step_s"].get(p, 0.0) for r in rs)
-        out[name] = med
-    return out
+MEDIAN_KEYS = ("steps_per_s", "steps_per_s_median_step", "steps_per_cpu_s", "rss_peak_steps_mib", "ru_maxrss_mib")
+MEDIAN_KEYS += ("gen_tokens_per_s", "decode_positions_per_s")
 
 
 def report(args, info: dict, data: dict, results: list[dict]) -> str:
-    flags = " ".join(f for f, on in info["cpu_flags"].items() if on) or "none of " + ", ".join(CPU_FLAGS)
-    missing = " ".join(f for f, on in info["cpu_flags"].items() if not on)
+    flags, missing = benchlib.flag_lists(info, CPU_FLAGS)
     rows = _rows(args)
     lines = [
-        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory']} RAM; torch threads per run: "
-        f"{info['threads']}. Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, "
-        f"trl {info['trl']}, accelerate {info['accelerate']}, peft {info['peft']}. Load average at start: "
-        f"{info['loadavg_start']}.",
+        benchlib.machine_line(info, PACKAGES) + f" Load average at start: {info['loadavg_start']}.",
         "",
         f"CPU flags: {flags} (absent: {missing or '—'}); all avx512*: {' '.join(info['avx512_flags']) or 'none'}; "
         f"torch CPU capability {info['torch_cpu_capability']}.",
@@ -780,7 +624,7 @@ def report(args, info: dict, data: dict, results: list[dict]) -> str:
             + f" | {_f(r['gen_tokens_per_s'], '.1f')} | {r['counts_per_step'].get('response tokens', 0.0):.0f} | "
             f"{r['rss_peak_steps_mib']:.0f} | {r['ru_maxrss_mib']:.0f} | {r['loadavg_before']} → {r['loadavg_after']} |"
         )
-    med = _median_by_config(results)
+    med = benchlib.median_by_config(results, CONFIGS, MEDIAN_KEYS, PHASES)
     if "alignlab" in med and "trl" in med:
         a, o = med["alignlab"], med["trl"]
 
@@ -866,10 +710,7 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(run(args, data)))
         return
 
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = sorted(set(configs) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    configs = benchlib.parse_configs(args.configs, CONFIGS)
     _micro(args)
     info = machine_info(args)
     print(json.dumps({k: v for k, v in info.items() if k != "cpu_flags_all"}, indent=1))
