@@ -13,6 +13,8 @@ from alignlab.recipes.diagnose import DiagnoseConfig
 from alignlab.recipes.export import ExportConfig
 from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
+from alignlab.recipes.rl import RLConfig
+from alignlab.recipes.rm import RMConfig
 from alignlab.recipes.score import ScoreConfig
 from alignlab.recipes.train import TrainConfig
 
@@ -80,6 +82,23 @@ Notes
   is always written. `wandb` / `mlflow` need their package (a missing one is an error before anything loads);
   offline: `WANDB_MODE=offline` (the run lands in `output_dir/wandb`; `wandb sync` later) and
   `MLFLOW_TRACKING_URI=file:./mlruns` (a local store; `mlflow ui --backend-store-uri ./mlruns`).
+
+## `alignlab rm` (`alignlab.recipes.rm.RMConfig`)
+
+Bradley–Terry reward models on the data formats of `train` ([reward_models.md](reward_models.md)).
+
+"""
+    + table(RMConfig)
+    + """
+
+## `alignlab rl` (`alignlab.recipes.rl.RLConfig`)
+
+Online RL against a reward: PPO, RLOO, GRPO ([rlhf.md](rlhf.md)). Keys marked with an algorithm are read by that
+algorithm only; set for another one they are an error. `None` means the algorithm's default.
+
+"""
+    + table(RLConfig)
+    + """
 
 ## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
 
