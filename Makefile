@@ -6,7 +6,7 @@ STAMP := $(VENV)/.alignlab-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding test test-fast lint bench browser clean
+.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding demo-rlhf test test-fast lint bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo-treg: setup
 # decoding-time methods beside the trained DPO policy
 demo-decoding: setup
 	$(BIN)/alignlab demo decoding=greedy,sample,best-of-n,args,cd,tq-direct,tq-indirect,linear output_dir=runs/demo_decoding
+# the RLHF loop (about 30 min): a proxy reward model on the gold-labelled pairs, RLOO and PPO against it (proxy and
+# gold per RL step), evaluated beside DPO on the same pairs; RL settings: DemoConfig's rl_* / rm_* keys
+demo-rlhf: setup
+	$(BIN)/alignlab demo methods=dpo,rloo,ppo output_dir=runs/demo_rlhf
 
 # The heatmap test checks the HTML page in a real headless Chromium (Debian's package). Best effort: without
 # root or apt the test skips with its reason.

@@ -87,6 +87,10 @@ def loss_choices() -> Choices:
     return Choices({n: s.summary for n, s in LOSSES.items()})
 
 
+def rl_method_choices() -> Choices:
+    return Choices({n: s.summary for n, s in RL_ALGOS.items()})
+
+
 def decoding_choices() -> Choices:
     return Choices({n: s.summary for n, s in DECODING.items()})
 
@@ -186,7 +190,10 @@ CONFIG_CHOICES: dict[str, dict[str, Choices]] = {
     },
     "DemoConfig": {
         "model": model_choices(),
-        "methods": Choices(loss_choices().values, "a comma list, e.g. methods=dpo,dpo_treg"),
+        "methods": Choices(
+            loss_choices().values | rl_method_choices().values,
+            "a comma list, e.g. methods=dpo,dpo_treg; an RL method first trains a proxy RM on the pairs (dpo,rloo,ppo)",
+        ),
         **_TREG,
         "eval_split": split_choices(["test", "validation"]),
         "decoding": Choices(decoding_choices().values, "a comma list, e.g. decoding=greedy,args; empty = none"),
@@ -229,7 +236,7 @@ CONFIG_CHOICES["RLConfig"] = {
     ),
     "reward": reward_choices(with_none=False),
     **_DTYPE,
-    "algo": Choices({n: s.summary for n, s in RL_ALGOS.items()}),
+    "algo": rl_method_choices(),
     "kl_estimator": fixed(
         k1="log pi - log pi_ref per token (unbiased, can be negative)", k3="(r - 1) - log r, r = pi_ref/pi (>= 0)"
     ),

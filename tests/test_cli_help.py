@@ -10,6 +10,7 @@ from alignlab import choices as ch
 from alignlab.cli import COMMANDS, main
 from alignlab.decoding.registry import DECODING
 from alignlab.losses.registry import LOSSES
+from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.losses.treg import WEIGHTINGS
 from alignlab.models.loading import DTYPES, MODEL_ALIASES
 from alignlab.precompute.token_rewards import TEMPLATES
@@ -64,7 +65,9 @@ def test_table_names_real_keys_and_accepts_the_defaults():
 
 def test_choices_come_from_the_registries():
     train, gen, demo = (ch.choices_for(n) for n in ("TrainConfig", "GenerateConfig", "DemoConfig"))
-    assert train["loss"].values == {n: s.summary for n, s in LOSSES.items()} == demo["methods"].values
+    assert train["loss"].values == {n: s.summary for n, s in LOSSES.items()}
+    rl = ch.choices_for("RLConfig")["algo"].values
+    assert rl == {n: s.summary for n, s in RL_ALGOS.items()} and demo["methods"].values == train["loss"].values | rl
     assert gen["method"].values == {n: s.summary for n, s in DECODING.items()} == demo["decoding"].values
     assert list(train["treg_template"].values) == list(TEMPLATES) and ".json/.yaml" in train["treg_template"].other
     assert list(train["treg_weighting"].values) == list(WEIGHTINGS)

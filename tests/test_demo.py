@@ -3,8 +3,10 @@ report. Values are checked for internal consistency (the numbers in the report a
 
 import json
 
+import pytest
 from tiny_models import save_tiny
 
+from alignlab.config import ConfigError, build_config
 from alignlab.eval.decoding_rows import ALL_METHODS
 from alignlab.recipes.demo import DemoConfig, run_demo
 
@@ -62,3 +64,62 @@ def test_demo_tiny_end_to_end(tmp_path):
     assert len(json.loads((run / "results_decoding.json").read_text())) == len(drows)
     gens = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 3 * 4  # base + 2 methods, 4 eval prompts each
+
+
+def test_demo_tiny_rlhf(tmp_path):
+    """The RLHF branch: pairs -> proxy RM (held-out accuracy beside the length baselines) -> RLOO and PPO against
+    it (gold tracked per step) -> the same evaluation as DPO, one table; the proxy/gold curves and their plot."""
+    model_dir = save_tiny(tmp_path / "tiny")
+    cfg = DemoConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "demo"),
+        train_prompts=6,
+        samples_per_prompt=2,
+        pair_max_new_tokens=6,
+        methods=["dpo", "rloo", "ppo"],
+        epochs=1,
+        per_device_batch_size=4,
+        lora_top_layers=1,
+        rm_epochs=1,
+        rl_steps=2,
+        rl_prompts_per_step=2,
+        rl_max_new_tokens=4,
+        eval_prompts=4,
+        eval_max_new_tokens=6,
+        n_boot=50,
+    )
+    out = run_demo(cfg)
+    rows = out["rows"]
+    assert [r["method"] for r in rows] == ["base", "dpo (1 seed)", "rloo (1 seed)", "ppo (1 seed)"]
+    for r in rows[1:]:  # evaluated like DPO: the same prompts, the gold's terms, KL at T = 1
+        assert r["n_prompts"] == 4 and r["kl"] is not None
+        assert abs(sum(r["breakdown"].values()) - r["diff"]) < 1e-9
+    run = tmp_path / "demo"
+    curves = [json.loads(line) for line in (run / "rl_curves.jsonl").read_text().splitlines()]
+    assert [(c["run"], c["step"]) for c in curves] == [("rloo s0", 1), ("rloo s0", 2), ("ppo s0", 1), ("ppo s0", 2)]
+    assert all(isinstance(c["proxy"], float) and isinstance(c["gold"], float) for c in curves)
+    for algo in ("rloo", "ppo"):  # the curve is the RL run's own log, proxy and gold of the same rollouts
+        logged = [json.loads(line) for line in (run / f"rl_{algo}_seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["gold"] for m in logged] == [c["gold"] for c in curves if c["run"] == f"{algo} s0"]
+    report = (run / "report.md").read_text()
+    assert (run / "report_rl.png").is_file() and "![proxy vs gold](report_rl.png)" in report
+    assert "length only: the longer response wins" in report and "proxy RM, trained" in report
+    # the RM's data: TRL-format pairs, held-out prompts disjoint from its training prompts
+    read = lambda name: [json.loads(line) for line in (run / name).read_text().splitlines()]  # noqa: E731
+    train, held = read("rm_pairs_train.jsonl"), read("rm_pairs_heldout.jsonl")
+    assert set(train[0]) == {"prompt", "chosen", "rejected"} and held
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert len(read("rl_prompts.jsonl")) == 6 and (run / "rm" / "final" / "config.json").is_file()
+    assert (run / "report.html").read_text().count("<img ") == 2
+
+
+def test_demo_rl_keys_need_an_rl_method():
+    """The RLHF keys are read only with an RL method: set without one they are an error (no silent options)."""
+    with pytest.raises(ConfigError, match="rl_steps=5.*no RL method"):
+        build_config(DemoConfig, None, ["methods=dpo", "rl_steps=5"])
+    with pytest.raises(ConfigError, match="rm_epochs"):
+        build_config(DemoConfig, None, ["rm_epochs=3"])
+    cfg = build_config(DemoConfig, None, ["methods=dpo,rloo,ppo", "rl_steps=5", "rm_epochs=3"])
+    assert cfg.methods == ["dpo", "rloo", "ppo"] and cfg.rl_steps == 5
+    with pytest.raises(ValueError, match="unknown"):
+        build_config(DemoConfig, None, ["methods=dpo,reinforce"])

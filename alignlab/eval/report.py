@@ -138,6 +138,40 @@ def plot_decoding(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_proxy_gold(curves: dict[str, list[dict]], path: Path) -> Path:
+    """report_rl.png: per RL step, the proxy reward the policy was trained on, the gold reward of the same rollouts
+    and the KL to the initial policy, one line per RL run (``curves``: run -> rows of step, proxy, gold, kl)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = [("proxy", "proxy reward (RM, normalised)"), ("gold", "gold reward"), ("kl", "KL to initial (nats)")]
+    for ax, (key, label) in zip(axes, panels):
+        for name, rows in curves.items():
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+        ax.set_xlabel("RL step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("RL against the proxy reward model: proxy vs gold on the rollouts (train prompts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra section of the report: notes, an optional table (head, body of text cells) and an optional plot."""
+
+    heading: str
+    notes: list[str]
+    table: tuple[list[str], list[list[str]]] | None = None
+    png: Path | None = None
+    alt: str = ""
+
+
 @dataclass(frozen=True)
 class Report:
     """What a report shows: the method rows against the base model, their notes, the gain-by-term table (Markdown;
@@ -150,6 +184,7 @@ class Report:
     decoding_rows: list[dict] = field(default_factory=list)
     decoding_notes: list[str] = field(default_factory=list)
     breakdown: str = ""
+    sections: list[Section] = field(default_factory=list)
 
 
 BREAKDOWN_NOTE = "Signed contributions of each term to Δgold (they add up to it)."
@@ -163,6 +198,11 @@ def report_markdown(rep: Report, png_name: str) -> str:
     if rep.breakdown:
         md += ["## Gain by gold term", "", BREAKDOWN_NOTE, "", rep.breakdown, ""]
     md += [f"- {n}" for n in rep.notes]
+    for sec in rep.sections:
+        md += ["", f"## {sec.heading}", ""]
+        md += [text_table(*sec.table), ""] if sec.table else []
+        md += [f"![{sec.alt}]({sec.png.name})", ""] if sec.png else []
+        md += [f"- {n}" for n in sec.notes]
     if rep.decoding_rows:
         md += ["", f"## {DECODING_HEADING}", "", format_table(rep.decoding_rows, DECODING_COLUMNS), ""]
         md += [f"- {n}" for n in rep.decoding_notes]
@@ -185,6 +225,10 @@ def report_html(rep: Report, png: Path, decoding_png: Path | None = None) -> str
     if head:
         body += [hp.heading("Gain by gold term"), hp.paragraph(BREAKDOWN_NOTE, "muted"), hp.table(head, cells)]
     body += [hp.heading("Notes"), hp.bullets(rep.notes)] if rep.notes else []
+    for sec in rep.sections:
+        body += [hp.heading(sec.heading)] + ([hp.table(*sec.table)] if sec.table else [])
+        body += [hp.image(sec.png, sec.alt)] if sec.png else []
+        body.append(hp.bullets(sec.notes))
     if rep.decoding_rows:
         body += [hp.heading(DECODING_HEADING), hp.table(*table_cells(rep.decoding_rows, DECODING_COLUMNS))]
         body += [hp.image(decoding_png, "gain over greedy per decoding method")] if decoding_png else []
@@ -212,13 +256,16 @@ def write_report(
     decoding_rows: list[dict] | None = None,
     decoding_notes: list[str] | None = None,
     breakdown: str = "",
+    sections: list[Section] | None = None,
 ) -> Path:
     """report.md + report.html + report.png + results.json; decoding-time rows (if any) get their own table, a bar
     chart (report_decoding.png) and results_decoding.json, since their baseline is greedy decoding, not the sampled
-    base model. Returns report.md's path."""
+    base model. ``sections``: extra sections (e.g. the RLHF one) after the notes. Returns report.md's path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rep = Report(title, rows, notes, samples or [], decoding_rows or [], decoding_notes or [], breakdown)
+    rep = Report(
+        title, rows, notes, samples or [], decoding_rows or [], decoding_notes or [], breakdown, sections or []
+    )
     (run_dir / "results.json").write_text(json.dumps(rows, indent=2))
     png = plot_results(rows, run_dir / "report.png", title)
     decoding_png = None

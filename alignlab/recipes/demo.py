@@ -5,6 +5,9 @@
 3. for each training method and seed: train with LoRA on the same pairs and budget (reference log-probs and
    T-REG token rewards computed once, cached); evaluate on held-out prompts (``eval_split``: test for reported
    numbers, validation for tuning) with the shared harness;
+   RL methods (rloo, ppo, grpo: the RLHF loop, ``make demo-rlhf``): a proxy reward model trained on the same
+   pairs (``alignlab rm``, a share of the prompts held out for its accuracy), then ``alignlab rl`` against it on the
+   pairs' train prompts, the gold tracked per step; the RL policies are evaluated exactly like the others;
 4. decoding-time methods (no training) on a prompt subset, when enabled;
 5. print the tables -- gains with the standard error over seeds and prompts, their split into the gold's terms,
    KL(π‖π_ref) at T = 1 on the policy's own samples -- and write the report (docs/evaluation.md).
@@ -26,16 +29,25 @@ from alignlab.config import reject_unread, save_config
 from alignlab.eval.compare import base_row, breakdown_table, method_row
 from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
 from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
-from alignlab.eval.report import DECODING_COLUMNS, format_table, write_report
-from alignlab.losses import get_loss
+from alignlab.eval.report import DECODING_COLUMNS, format_table, text_table, write_report
+from alignlab.eval.rlhf import rl_curve, rlhf_section, top_layer_targets, write_curves, write_rlhf_inputs
+from alignlab.losses import LOSSES, get_loss
+from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
+from alignlab.recipes.rl import RLConfig, rl
+from alignlab.recipes.rm import RMConfig, train_rm
 from alignlab.recipes.train import TrainConfig, train
 from alignlab.rollout.cache import cached_generate
 from alignlab.rollout.generate import SamplingParams
 from alignlab.rollout.onpolicy import build_onpolicy_pairs
 from alignlab.task.gold import GoldReward
 from alignlab.task.prompts import balanced, load_task_prompts
+
+# the RLHF keys: read only with an RL method in `methods`
+RL_KEYS = (
+    "rm_heldout rm_epochs rm_learning_rate rl_steps rl_prompts_per_step rl_max_new_tokens rl_learning_rate".split()
+)
 
 
 @dataclass
@@ -51,7 +63,7 @@ class DemoConfig:
     pair_temperature: float = 0.8
     gen_batch_size: int = 32
     # training: every method gets the same pairs, steps and LoRA; one run per seed
-    methods: list[str] = field(default_factory=lambda: ["dpo"])  # dpo_treg: make demo-treg
+    methods: list[str] = field(default_factory=lambda: ["dpo"])  # dpo_treg: make demo-treg; rloo,ppo: demo-rlhf
     seeds: list[int] = field(default_factory=lambda: [0])  # 0,1,2 for the seed-variance tables (make demo-seeds)
     beta: float = 0.1
     # T-REG (read only by the T-REG methods), chosen on validation (docs/treg.md): the generation template had
@@ -65,6 +77,14 @@ class DemoConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_top_layers: int = 10  # adapters in the last 10 of 30 blocks: half the step time of all blocks
+    # RLHF (read only with an RL method: rloo, ppo, grpo): proxy RM on the pairs, then RL against it on their prompts
+    rm_heldout: float = 0.2  # share of the pairs' prompts held out for the RM's accuracy (eval_data)
+    rm_epochs: int = 2
+    rm_learning_rate: float = 1e-2
+    rl_steps: int = 8
+    rl_prompts_per_step: int = 8  # x the algorithm's group size (rloo 2, ppo 1, grpo 8) rollouts per step
+    rl_max_new_tokens: int = 128
+    rl_learning_rate: float = 1e-3
     # evaluation: one sample per prompt at eval_temperature; KL is reported at T = 1 on the policy's own samples
     eval_split: str = "test"  # test: reported numbers; validation: tuning (never tune on test)
     eval_prompts: int = 48  # balanced over the categories
@@ -91,7 +111,14 @@ class DemoConfig:
                 ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
                 "no decoding methods are run (set decoding=...)",
             )
-        if not any(get_loss(m).token_level for m in self.methods):
+        unknown = [m for m in self.methods if m not in LOSSES and m not in RL_ALGOS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; losses: {', '.join(LOSSES)}; RL: {', '.join(RL_ALGOS)}")
+        if not any(m in RL_ALGOS for m in self.methods):
+            reject_unread(self, RL_KEYS, "no RL method is trained (methods=... has no rloo/ppo/grpo)")
+        elif not 0 < self.rm_heldout < 1:
+            raise ValueError(f"rm_heldout must be in (0, 1), got {self.rm_heldout}")
+        if not any(get_loss(m).token_level for m in self.methods if m in LOSSES):
             reject_unread(
                 self,
                 ["alpha", "treg_template", "treg_tau"],
@@ -136,7 +163,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     pair_params = SamplingParams(
         cfg.pair_max_new_tokens, cfg.pair_temperature, 1.0, cfg.samples_per_prompt, cfg.gen_batch_size, cfg.seed
     )
-    pairs, _, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
+    pairs, pair_rows, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
     clock.add("pairs", t)
     print(
         f"[demo] on-policy pairs: {prep.pairs} from {prep.prompts} prompts x {cfg.samples_per_prompt} samples "
@@ -152,13 +179,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     base = result_from_generations("base", base_gens, gold, prompts, kl=[0.0] * len(base_gens))
     clock.add("eval", t)
 
+    rlhf = None  # the proxy RM and the RL runs' curves, with an RL method
+    if any(m in RL_ALGOS for m in cfg.methods):
+        rlhf = _proxy_rm(cfg, run_dir, pair_rows, _texts(train_p), clock)
     per_seed: dict[str, list[MethodResult]] = {}
     train_info = {}
     aligned = None  # a plain (merged) copy of the first dpo policy: TQ*'s aligned baseline
     for method in cfg.methods:
         for seed in cfg.seeds:
             keep = bool(cfg.decoding) and aligned is None and method == "dpo"
-            res, info, policy = _train_and_eval(cfg, method, seed, pairs, prompts, eval_params, gold, clock, keep)
+            args = (cfg, method, seed, pairs, prompts, eval_params, gold, clock)
+            res, info, policy = _rl_and_eval(*args, rlhf) if method in RL_ALGOS else _train_and_eval(*args, keep)
             if keep:
                 aligned = policy
             per_seed.setdefault(method, []).append(res)
@@ -176,6 +207,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         t = time.perf_counter()
         drows = _decoding_rows(cfg, model, tok, balanced(eval_p, cfg.decoding_prompts), gold, aligned)
         clock.add("decoding", t)
+    sections = []
+    if rlhf is not None:
+        _, png = write_curves(run_dir, rlhf["curves"])
+        sections.append(rlhf_section(rlhf["inputs"], rlhf["rm"].evals, rlhf["rm"].metrics, rlhf["curves"], png))
     clock.parts["total"] = time.perf_counter() - clock.t0
     notes = _notes(cfg, prep, rows, train_info, clock.parts)
     samples = [
@@ -191,6 +226,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         decoding_rows=drows.rows if drows else None,
         decoding_notes=drows.notes if drows else None,
         breakdown=breakdown_table(rows),
+        sections=sections,
     )
     (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
     (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
@@ -203,6 +239,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     print()
     for line in notes:
         print("-", line)
+    for sec in sections:
+        print(f"\n{sec.heading}:\n\n{text_table(*sec.table)}\n")
+        for line in sec.notes:
+            print("-", line)
     if drows:
         print("\ndecoding-time alignment (no training; baseline = greedy decoding of the reference):\n")
         print(format_table(drows.rows, DECODING_COLUMNS))
@@ -250,24 +290,8 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     )
     result = train(tcfg, model=model, tokenizer=tok, pairs=pairs)
     clock.add(f"train_{method}", t)
-    t = time.perf_counter()
     policy = result.model
-    fp = model_fingerprint(policy)
-    gens = cached_generate(policy, tok, prompts, eval_params, fp, progress=f"eval {method} s{seed}")
-    res = result_from_generations(
-        f"{method} s{seed}", gens, gold, prompts, kl=_kl(policy, tok, gens, cfg.eval_temperature)
-    )
-    if cfg.eval_temperature != 1.0:  # the headline KL is at T = 1 on the policy's own T = 1 samples
-        t1 = cached_generate(
-            policy,
-            tok,
-            prompts,
-            dataclasses.replace(eval_params, temperature=1.0),
-            fp,
-            progress=f"T=1 samples {method} s{seed}",
-        )
-        res.extra["kl_t1"] = _kl(policy, tok, t1, 1.0)
-    clock.add("eval", t)
+    res = _evaluate(cfg, f"{method} s{seed}", policy, tok, prompts, eval_params, gold, clock)
     last = result.metrics[-1]
     info = {
         "steps": result.steps,
@@ -276,6 +300,87 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
         "final_margin": last["rewards/margins"],
     }
     return res, info, (merged_copy(policy) if keep else None)
+
+
+def _evaluate(cfg: DemoConfig, name: str, policy, tok, prompts, eval_params, gold, clock) -> MethodResult:
+    """Every trained policy the same way: one sample per eval prompt, the gold, KL at T = 1 on its own samples."""
+    t = time.perf_counter()
+    policy.eval()
+    fp = model_fingerprint(policy)
+    gens = cached_generate(policy, tok, prompts, eval_params, fp, progress=f"eval {name}")
+    res = result_from_generations(name, gens, gold, prompts, kl=_kl(policy, tok, gens, cfg.eval_temperature))
+    if cfg.eval_temperature != 1.0:  # the headline KL is at T = 1 on the policy's own T = 1 samples
+        t1_params = dataclasses.replace(eval_params, temperature=1.0)
+        t1 = cached_generate(policy, tok, prompts, t1_params, fp, progress=f"T=1 samples {name}")
+        res.extra["kl_t1"] = _kl(policy, tok, t1, 1.0)
+    clock.add("eval", t)
+    return res
+
+
+def _proxy_rm(cfg: DemoConfig, run_dir: Path, pair_rows: list[dict], train_prompts: list[str], clock) -> dict:
+    """The proxy reward model: `alignlab rm` on the gold-labelled pairs (a share of their prompts held out as its
+    eval_data), normalised on both sides of every pair (the base policy's samples); LoRA as for the policies."""
+    t = time.perf_counter()
+    inputs = write_rlhf_inputs(run_dir, pair_rows, train_prompts, cfg.rm_heldout, cfg.seed)
+    rcfg = RMConfig(
+        model=cfg.model,
+        data=str(inputs.rm_train),
+        eval_data=str(inputs.rm_heldout),
+        max_length=512,
+        max_prompt_length=256,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_top_layers=cfg.lora_top_layers,
+        learning_rate=cfg.rm_learning_rate,
+        epochs=cfg.rm_epochs,
+        per_device_batch_size=cfg.per_device_batch_size,
+        gradient_checkpointing=False,
+        seed=cfg.seed,
+        normalize_on=str(inputs.rm_normalize),
+        output_dir=str(run_dir / "rm"),
+        report_to=["none"],
+        cpu=True,
+    )
+    rm = train_rm(rcfg)
+    clock.add("rm", t)
+    return {"inputs": inputs, "rm": rm, "curves": {}}
+
+
+def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_params, gold, clock, rlhf: dict):
+    """`alignlab rl` against the proxy RM on the pairs' train prompts (gold tracked per step), then evaluated
+    exactly like the offline methods."""
+    t = time.perf_counter()
+    model, tok = load_model_and_tokenizer(cfg.model)
+    rcfg = RLConfig(
+        model=cfg.model,
+        prompts=str(rlhf["inputs"].prompts),
+        reward=str(rlhf["rm"].final_dir),
+        track_gold=True,
+        algo=algo,
+        prompts_per_step=cfg.rl_prompts_per_step,
+        max_new_tokens=cfg.rl_max_new_tokens,
+        max_prompt_length=512,  # as for the pairs' and the evaluation's sampling
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_target=top_layer_targets(model, cfg.lora_top_layers),
+        learning_rate=cfg.rl_learning_rate,
+        max_steps=cfg.rl_steps,
+        seed=seed,
+        output_dir=str(Path(cfg.output_dir) / f"rl_{algo}_seed{seed}"),
+        report_to=["none"],
+        cpu=True,
+    )
+    result = rl(rcfg, model=model, tokenizer=tok)
+    clock.add(f"train_{algo}", t)
+    rlhf["curves"][f"{algo} s{seed}"] = curve = rl_curve(result.metrics)
+    res = _evaluate(cfg, f"{algo} s{seed}", result.model, tok, prompts, eval_params, gold, clock)
+    info = {
+        "steps": result.steps,
+        "final_proxy": curve[-1]["proxy"],
+        "final_gold": curve[-1]["gold"],
+        "final_kl_init": curve[-1]["kl"],
+    }
+    return res, info, None
 
 
 def _kl(policy, tok, gens, temperature: float) -> list[float]:
@@ -320,9 +425,28 @@ def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
         f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, "
         f"max {cfg.pair_max_new_tokens} new tokens, best vs worst by the gold), {prep.dropped_ties} tie "
         f"prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
-        f"training (same pairs and budget for every method): LoRA r={cfg.lora_r} on the top {cfg.lora_top_layers} "
-        f"blocks, lr {cfg.learning_rate}, beta {cfg.beta}, {cfg.epochs} epochs; "
-        + "; ".join(f"{k}: {v['steps']} steps, final loss {v['final_loss']:.3f}" for k, v in train_info.items()),
+    ]
+    offline = {k: v for k, v in train_info.items() if "final_loss" in v}
+    online = {k: v for k, v in train_info.items() if "final_proxy" in v}
+    lora = f"LoRA r={cfg.lora_r} on the top {cfg.lora_top_layers} blocks"
+    if offline:
+        notes.append(
+            f"training (same pairs and budget for every method): {lora}, lr {cfg.learning_rate}, beta {cfg.beta}, "
+            f"{cfg.epochs} epochs; "
+            + "; ".join(f"{k}: {v['steps']} steps, final loss {v['final_loss']:.3f}" for k, v in offline.items())
+        )
+    if online:
+        notes.append(
+            f"RL (`alignlab rl` against the proxy RM, on the pairs' {cfg.train_prompts} train prompts): {lora}, lr "
+            f"{cfg.rl_learning_rate}, {cfg.rl_steps} steps of {cfg.rl_prompts_per_step} prompts x the algorithm's "
+            f"group size, max {cfg.rl_max_new_tokens} new tokens, TRL's defaults otherwise (KL coefficient 0.05; "
+            "ppo samples at T = 0.7, 4 epochs; rloo at T = 1, 2 samples per prompt); last step: "
+            + "; ".join(
+                f"{k}: proxy {v['final_proxy']:+.3f}, gold {v['final_gold']:.3f}, KL to init {v['final_kl_init']:.2f}"
+                for k, v in online.items()
+            )
+        )
+    notes += [
         "KL(π‖π_ref): nats per response (and per token), log π − log π_ref summed over the policy's own samples, "
         "both at T = 1 (samples drawn at T = 1, the budget truncates both distributions); base is π_ref itself",
         "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
