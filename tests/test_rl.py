@@ -168,6 +168,33 @@ def test_resume_is_exact(tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
 
 
+def test_adaptive_kl_follows_the_controller_and_resumes_exactly(tmp_path):
+    """kl_target: each step's β is the previous step's kl_coef_next = β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)
+    (docs/rlhf.md, Adaptive KL); a resumed run continues from the checkpointed step's β."""
+    kw = dict(max_steps=4, kl_target=1e-4, kl_horizon=8, learning_rate=5e-2)
+    m1, tok = tiny_policy(3)
+    full = rl(tiny_cfg(tmp_path / "a", **kw), model=m1, tokenizer=tok, reward=REWARD).metrics
+    assert full[0]["kl_coef"] == 0.05  # rloo's default start
+    n = 2 * 2  # prompts_per_step x rloo's group size, one process
+    for prev, row in zip(full, full[1:] + [None]):
+        e = min(max(prev["kl_ref_seq"] / 1e-4 - 1.0, -0.2), 0.2)
+        assert prev["kl_coef_next"] == pytest.approx(prev["kl_coef"] * (1 + e * n / 8), rel=1e-12)
+        if row is not None:
+            assert row["kl_coef"] == prev["kl_coef_next"]
+    assert full[0]["kl_coef_next"] < full[0]["kl_coef"]  # step 0: KL exactly 0, below the target: β shrinks
+    grew = [r for r in full if r["kl_ref_seq"] > 1e-4]  # once the policy moved past the tiny target: β grows
+    assert grew and all(r["kl_coef_next"] > r["kl_coef"] for r in grew)
+    m2, _ = tiny_policy(3)
+    rl(tiny_cfg(tmp_path / "b", save_steps=2, stop_after_steps=2, **kw), model=m2, tokenizer=tok, reward=REWARD)
+    m3, _ = tiny_policy(3)
+    resumed = rl(tiny_cfg(tmp_path / "b", resume_from="latest", **kw), model=m3, tokenizer=tok, reward=REWARD)
+    assert [r["kl_coef"] for r in resumed.metrics] == pytest.approx([r["kl_coef"] for r in full[2:]], rel=1e-6)
+    with pytest.raises(ConfigError, match="kl_horizon"):
+        build_config(RLConfig, None, ["kl_horizon=5"])
+    with pytest.raises(ConfigError, match="adaptive KL"):
+        build_config(RLConfig, None, ["algo=grpo", "kl_target=1.0"])  # grpo's default coefficient is 0
+
+
 def test_prompts_for_step_partitions_the_global_batch():
     prompts = [f"p{i}" for i in range(10)]
     one = prompts_for_step(prompts, 4, 3, 0, 1, seed=5)

@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from alignlab.config import ConfigError, reject_unread, save_config
+from alignlab.losses.rl import adaptive_kl_coef
 from alignlab.losses.rl_registry import RL_ALGOS, RL_KEYS
 from alignlab.models.scorer import SequenceScorer
 from alignlab.rollout.rl_rollout import BACKENDS, RolloutSettings, apply_rewards, encode_prompts, sample_rollouts
@@ -42,6 +43,7 @@ from alignlab.rollout.rl_setup import (
 )
 from alignlab.training import rl_step
 from alignlab.training.checkpoint import save_checkpoint
+from alignlab.training.metrics import read_metrics
 from alignlab.training.rl_batch import ValueScorer, token_values
 from alignlab.training.run_state import start_run
 from alignlab.training.trackers import (
@@ -76,6 +78,8 @@ class RLConfig:
     temperature: float | None = None  # None: 0.7 for ppo, 1.0 for rloo/grpo
     kl_coef: float | None = None  # None: the algorithm's default (0.05, 0.05, 0.0)
     kl_estimator: str | None = None  # k1 | k3; None: k1 (ppo, rloo), k3 (grpo)
+    kl_target: float | None = None  # adaptive KL: target summed KL per response to the reference (nats); None: fixed
+    kl_horizon: int = 10000  # adaptive KL: responses over which the coefficient changes by at most 20%
     cliprange: float = 0.2
     num_ppo_epochs: int | None = None  # None: 4 for ppo, 1 for rloo/grpo
     num_mini_batches: int = 1
@@ -141,6 +145,10 @@ class RLConfig:
             raise ConfigError("resume_from with ref_sync_every > 0: the synced reference is not checkpointed yet")
         if self.prompts_per_step < 1 or self.per_device_batch_size < 1 or self.max_steps < 1:
             raise ConfigError("prompts_per_step, per_device_batch_size and max_steps must be >= 1")
+        if self.kl_target is None:
+            reject_unread(self, ["kl_horizon"], "kl_target is not set: the KL coefficient is fixed")
+        elif self.kl_target <= 0 or self.kl_horizon < 1 or self.settings().kl_coef <= 0:
+            raise ConfigError("adaptive KL needs kl_target > 0, kl_horizon >= 1 and a KL coefficient > 0 to adapt")
         if self.reward.startswith("gold"):
             reject_unread(self, ["track_gold"], "the reward is the gold already")
         active_trackers(self.report_to)
@@ -209,6 +217,8 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     else:
         policy, optimizer = accelerator.prepare(policy, optimizer)
     start, logger = start_run(accelerator, cfg, run_dir, trackers)
+    if cfg.kl_target is not None and start > 0:  # the adapted coefficient continues from the resumed step
+        s = replace(s, kl_coef=resumed_kl_coef(run_dir / "metrics.jsonl", start))
     last = min(cfg.max_steps, cfg.stop_after_steps) if cfg.stop_after_steps else cfg.max_steps
     if is_main:
         print(
@@ -248,6 +258,11 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         t4 = time.perf_counter()
         refs.maybe_sync(step, raw_policy)
         record = _record(step, batch, counts, stats, upd, gold_mean, (t0, t1, t2, t3, t4), accelerator)
+        record["kl_coef"] = s.kl_coef  # the coefficient this step's rewards / loss used
+        if cfg.kl_target is not None:  # every rank computes the same value from the rank-averaged KL
+            n = len(batch) * world
+            s = replace(s, kl_coef=adaptive_kl_coef(s.kl_coef, record["kl_ref_seq"], cfg.kl_target, n, cfg.kl_horizon))
+            record["kl_coef_next"] = s.kl_coef
         history.append(record)
         logger.log(record)
         if record["kl_ref_per_token"] < -NEGATIVE_KL_ALERT and is_main:
@@ -270,6 +285,15 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RLResult(run_dir, last, history, raw_policy)
+
+
+def resumed_kl_coef(metrics_path: Path, start: int) -> float:
+    """The adaptive KL coefficient after step ``start`` (``kl_coef_next`` of its metrics row; the last such row, since
+    an interrupted run may have logged steps past its last checkpoint, which the resumed run logs again)."""
+    rows = [r for r in read_metrics(metrics_path) if r.get("step") == start and "kl_coef_next" in r]
+    if not rows:
+        raise ConfigError(f"{metrics_path}: no kl_coef_next at step {start}; cannot resume the adaptive KL coefficient")
+    return float(rows[-1]["kl_coef_next"])
 
 
 def _record(step, batch, counts, stats, upd, gold_mean, t, accelerator) -> dict:
