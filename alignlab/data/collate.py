@@ -24,6 +24,8 @@ class PairBatch:
     packed:          the same 2B sequences as one row per pair [prompt, chosen, rejected] (or several pairs per
                      row), alignlab.ops.packing; None for the two-row forward. The two-row tensors stay: they lay
                      out the per-token outputs (token log-probs, token rewards) either way.
+    p_chosen:        [B] float32 soft labels P(chosen is better) of the pairs, or None (``pair_labels``).
+    margin:          [B] float32 per-pair Bradley–Terry margins, or None.
     """
 
     input_ids: torch.Tensor
@@ -33,6 +35,8 @@ class PairBatch:
     ref_logps: torch.Tensor | None = None
     token_rewards: torch.Tensor | None = None
     packed: PackedBatch | None = None
+    p_chosen: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -54,7 +58,25 @@ class PairBatch:
             mv(self.ref_logps),
             mv(self.token_rewards),
             mv(self.packed),
+            mv(self.p_chosen),
+            mv(self.margin),
         )
+
+
+def pair_labels(pairs: list[TokenizedPair]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """([B] p_chosen, [B] margin) of ``pairs`` as float32 tensors; each None when no pair carries it. Some pairs
+    with a field and some without is an error naming the first without (the loader's rule, docs/data.md)."""
+    out = []
+    for name in ("p_chosen", "margin"):
+        values = [getattr(p, name) for p in pairs]
+        if all(v is None for v in values):
+            out.append(None)
+            continue
+        missing = next((p.source for p, v in zip(pairs, values) if v is None), None)
+        if missing is not None:
+            raise ValueError(f"{missing}: no {name} while other pairs of the batch have one (docs/data.md)")
+        out.append(torch.tensor(values, dtype=torch.float32))
+    return out[0], out[1]
 
 
 def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -132,4 +154,4 @@ def collate_pairs(
         packed = pack_pairs(
             [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs], pad_id, pack
         )
-    return PairBatch(ids, attn, comp, index, ref, rhat, packed)
+    return PairBatch(ids, attn, comp, index, ref, rhat, packed, *pair_labels(pairs))

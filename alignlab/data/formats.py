@@ -36,13 +36,16 @@ Errors raise ``DataError`` (a ``ValueError``) whose message starts with the sour
   "bad_messages"    a message is not an object, its role is not system/user/assistant, or its content
                     is not a string (the message names the field and the 0-based message index).
   "bad_dialogue"    an HH string that cannot be parsed (no Human first turn, no Assistant turn).
+  "bad_label"       optional ``p_chosen`` not a number in [0, 1], or ``margin`` not a number >= 0
+                    (alignlab.data.labels; checked on rows that are otherwise usable).
 With ``on_bad="skip"`` these rows are counted under that reason instead of raising. Problems with the
 whole input (unsupported spec, truncated gzip, ``datasets`` load failure, missing split) always raise
 ``DataError``; a missing file raises ``FileNotFoundError``. Whatever ``on_bad``
 is, these are always counted skips: "prompt_mismatch"; "prompt_not_ending_with_user" (a message prompt
 that is empty or whose last turn is not user); "empty_response" (a completion that is blank after
 stripping, or has no assistant text); and "identical_pair" (chosen == rejected after stripping).
-Checks run in that order, one reason per row. Blank lines are ignored and not counted.
+Checks run in that order, one reason per row. Blank lines are ignored and not counted. The optional label
+fields must be in every kept row of an input or in none ("mixed_labels", always raised).
 Consecutive same-role HH turns (4 kept rows of the HH harmless-base test split have two Assistant turns
 in a row mid-dialogue) are merged, joined by a blank line, so roles alternate and no text is lost.
 Invariant: ``report.read == report.kept + sum(report.skipped.values())``.
@@ -58,6 +61,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from alignlab.data.labels import LABEL_FIELDS, check_presence, read_labels
 from alignlab.data.types import LoadReport, PreferenceRecord, ScoredRow
 
 ROLES = ("system", "user", "assistant")
@@ -100,7 +104,8 @@ def load_preference_records(
             break
         report.read += 1
         try:
-            records.append(PreferenceRecord(*_row_to_pair(row, source), source=source))
+            pair = _row_to_pair(row, source)
+            records.append(PreferenceRecord(*pair, source=source, **dict(zip(LABEL_FIELDS, read_labels(row, source)))))
         except _Skip as skip:
             report.skip(skip.reason, source)
         except DataError as err:
@@ -108,7 +113,21 @@ def load_preference_records(
                 raise
             report.skip(err.reason, source)
     report.kept = len(records)
+    check_presence(records, spec)
+    report.labelled = {f: sum(getattr(r, f) is not None for r in records) for f in LABEL_FIELDS}
     return records, report
+
+
+def iter_preference_rows(spec: str, split: str = "train") -> Iterator[tuple[str, dict, bool]]:
+    """(source, raw row, usable) for each row of ``spec``; a malformed row raises DataError as loading does, and
+    ``usable`` is False for a row that loading would skip (alignlab.data.labels rewrites rows with it)."""
+    for source, row in _iter_rows(spec, split):
+        try:
+            _row_to_pair(row, source)
+        except _Skip:
+            yield source, row, False
+            continue
+        yield source, row, True
 
 
 def parse_hh_dialogue(text: str, source: str) -> list[dict]:

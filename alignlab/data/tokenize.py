@@ -28,6 +28,7 @@ class TokenizedPair:
     prompt / chosen_text / rejected_text: the source text, when known (tokenize_pairs, on-policy pairs). Only
     used to build *other* contexts around the same ids (T-REG's contrastive prompts); the ids above are always
     what is scored, never a re-tokenization of this text.
+    p_chosen / margin: the record's optional soft label and Bradley–Terry margin (alignlab.data.labels), or None.
     """
 
     prompt_ids: list[int]
@@ -37,6 +38,8 @@ class TokenizedPair:
     prompt: Text | None = None
     chosen_text: str | None = None
     rejected_text: str | None = None
+    p_chosen: float | None = None
+    margin: float | None = None
 
 
 @dataclass
@@ -172,6 +175,8 @@ def tokenize_pairs(
                 prompt=rec.prompt,
                 chosen_text=_completion_text(rec.chosen),
                 rejected_text=_completion_text(rec.rejected),
+                p_chosen=rec.p_chosen,
+                margin=rec.margin,
             )
         )
     report.kept = len(out)

@@ -26,12 +26,16 @@ class PreferenceRecord:
     prompt:   a string, or chat messages ending with a user turn.
     chosen / rejected: a string (the assistant reply), or chat messages (the assistant turn(s) only).
     source:   where it came from, for error messages: "path/to/file.jsonl:17" or "hf:org/name[train][17]".
+    p_chosen: the row's soft label P(chosen is better) in [0, 1], or None (alignlab.data.labels).
+    margin:   the row's Bradley–Terry margin m >= 0, or None.
     """
 
     prompt: Text
     chosen: Text
     rejected: Text
     source: str
+    p_chosen: float | None = None
+    margin: float | None = None
 
 
 @dataclass
@@ -43,6 +47,12 @@ class LoadReport:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> up to 5 sources
     spec: str = ""  # what was loaded (file path or hf:...), so a stored report says what it describes
+    labelled: dict[str, int] = field(default_factory=dict)  # optional label field -> kept rows carrying it
+
+    @property
+    def label_fields(self) -> list[str]:
+        """The optional per-pair fields (p_chosen, margin) the kept rows carry (all of them or none, per field)."""
+        return [k for k, n in self.labelled.items() if n]
 
     def skip(self, reason: str, source: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

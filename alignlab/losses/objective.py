@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.losses.preference import simpo_rewards
-from alignlab.losses.registry import LossSpec, get_loss
+from alignlab.losses.registry import LossSpec, get_loss, label_error
 from alignlab.losses.treg import DEFAULT_ALPHA, treg_metrics
 from alignlab.losses.types import PairLogps, TokenTerms
 
@@ -40,6 +40,7 @@ def preference_objective(
     params: dict,
     reference_free: bool = False,
     tokens: TokenTerms | None = None,
+    soft_label: torch.Tensor | None = None,
 ) -> ObjectiveOut:
     """Per-pair loss of ``loss`` with ``params`` keyed by TrainConfig names: ``beta`` (default: the loss's own)
     and any key the loss reads (``LossSpec.reads``; missing ones take the function's default). A key the loss
@@ -47,15 +48,20 @@ def preference_objective(
 
     ``tokens`` (per-token policy log-probs, mask, token rewards) is required by, and only used for, the
     token-level losses (T-REG); their sequence term uses ``p`` like every other loss.
+
+    ``soft_label`` ([B] p = P(chosen is better), the data's ``p_chosen``) goes to losses whose registry entry
+    ``reads_soft_labels``; for any other loss it is an error (``label_error``), never ignored.
     """
     spec = get_loss(loss) if isinstance(loss, str) else loss
+    if soft_label is not None and (why := label_error(spec, p_chosen=True, margin=False)):
+        raise ValueError(why)
     unread = sorted(set(params) - set(spec.reads) - {"beta"})
     if unread:
         raise ValueError(f"loss {spec.name!r} does not read {unread}; it reads beta, {', '.join(spec.reads)}")
     beta = float(params.get("beta", spec.default_beta))
     if reference_free and not spec.reference_free:
         p = p.reference_free()
-    kw = spec.kwargs(params)
+    kw = spec.kwargs(params) | ({"soft_label": soft_label} if soft_label is not None else {})
     extras: dict[str, torch.Tensor] = {}
     if spec.token_level:
         if tokens is None:

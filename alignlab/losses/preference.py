@@ -26,27 +26,52 @@ def margin(p: PairLogps, normalize: bool = False) -> torch.Tensor:
     return rho_w - rho_l
 
 
-def dpo(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
+def soft_sigmoid_loss(z: torch.Tensor, soft_label: torch.Tensor | None = None) -> torch.Tensor:
+    """-log sigma(z); with a soft label p = P(chosen is better) per pair, the cross-entropy against p:
+
+        -[p log sigma(z) + (1 - p) log sigma(-z)],   dL/dz = sigma(z) - p.
+
+    p = 1 is exactly the hard loss; p = 0 is the hard loss of the swapped pair (z -> -z); p = 0.5 has zero
+    gradient at z = 0. This is conservative DPO's form with a per-pair eps = 1 - p (cDPO note, Mitchell 2023;
+    DPO reference code ``label_smoothing``), fed by the judge's probability as in RLAIF's soft labels (Lee et al.,
+    arXiv 2309.00267; docs/specs rlhf.md §1.2, §5.2).
+    """
+    if soft_label is None:
+        return -F.logsigmoid(z)
+    q = soft_label.to(z.dtype)
+    return -(q * F.logsigmoid(z) + (1 - q) * F.logsigmoid(-z))
+
+
+def dpo(p: PairLogps, beta: float = 0.1, soft_label: torch.Tensor | None = None) -> torch.Tensor:
     """DPO, arXiv 2305.18290 Eq. 7: -log sigma(beta * h), h on **summed** completion log-probs.
 
     beta is the inverse KL strength (implicit reward r = beta * log pi/pi_ref). dL/dh at h=0 is -beta/2.
+    ``soft_label`` p [B]: -[p log sigma(beta*h) + (1-p) log sigma(-beta*h)] (``soft_sigmoid_loss``).
     """
-    return -F.logsigmoid(beta * margin(p))
+    return soft_sigmoid_loss(beta * margin(p), soft_label)
 
 
-def dpo_norm(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
-    """Length-normalised DPO (TRL ``sigmoid_norm``): -log sigma(beta * h̄), h̄ uses per-token **mean** log-ratios."""
-    return -F.logsigmoid(beta * margin(p, normalize=True))
+def dpo_norm(p: PairLogps, beta: float = 0.1, soft_label: torch.Tensor | None = None) -> torch.Tensor:
+    """Length-normalised DPO (TRL ``sigmoid_norm``): -log sigma(beta * h̄), h̄ uses per-token **mean** log-ratios.
+    ``soft_label`` as in ``dpo``."""
+    return soft_sigmoid_loss(beta * margin(p, normalize=True), soft_label)
 
 
-def cdpo(p: PairLogps, beta: float = 0.1, label_smoothing: float = 0.0) -> torch.Tensor:
+def cdpo(
+    p: PairLogps, beta: float = 0.1, label_smoothing: float = 0.0, soft_label: torch.Tensor | None = None
+) -> torch.Tensor:
     """Conservative DPO (label smoothing eps = assumed flip probability; DPO reference code, cDPO note Eq. 3).
 
     -(1-eps) log sigma(z) - eps log sigma(-z), z = beta*h (summed). Equals DPO + eps*z; ln 2 at h = 0 for any eps.
+    With a ``soft_label`` p the label is flipped with probability eps on top of p: the soft loss with
+    p' = (1-eps) p + eps (1-p) (p = 1 gives cDPO, eps = 0 gives soft DPO).
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     z = beta * margin(p)
+    if soft_label is not None:  # written so that p = 1 gives the hard line below bit for bit
+        q, up, down = soft_label.to(z.dtype), F.logsigmoid(z), F.logsigmoid(-z)
+        return -(1.0 - label_smoothing) * (q * up + (1 - q) * down) - label_smoothing * ((1 - q) * up + q * down)
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
@@ -77,17 +102,19 @@ def slic(p: PairLogps, beta: float = 0.1) -> torch.Tensor:
     return torch.relu(1.0 - beta * margin(p))
 
 
-def rdpo(p: PairLogps, beta: float = 0.1, length_alpha: float | None = None) -> torch.Tensor:
+def rdpo(
+    p: PairLogps, beta: float = 0.1, length_alpha: float | None = None, soft_label: torch.Tensor | None = None
+) -> torch.Tensor:
     """Length-regularised DPO (R-DPO, arXiv 2403.19159): -log sigma(beta*h + alpha_len*(|y_w| - |y_l|)).
 
     Lengths are scored completion tokens. The sign is our derivation (L3.5, [inferred]): a longer chosen
     answer gets a built-in margin, so the policy gains less by adding length. alpha_len=0 is exactly DPO;
-    there is no default.
+    there is no default. ``soft_label`` as in ``dpo`` (swapping the pair negates the whole argument).
     """
     if length_alpha is None:
         raise ValueError("rdpo requires length_alpha (no default; see docs/conventions.md L3.5)")
     dlen = (p.chosen_len - p.rejected_len).to(p.chosen.dtype)
-    return -F.logsigmoid(beta * margin(p) + length_alpha * dlen)
+    return soft_sigmoid_loss(beta * margin(p) + length_alpha * dlen, soft_label)
 
 
 def simpo_rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,9 @@ class LossSpec:
         e.g. the T-REG template read by the token-reward precompute).
     reference_free: needs no reference log-probs. token_level: needs per-token policy log-probs and token rewards.
     simpo_rewards: the logged implicit rewards are SimPO's (β/|y|) log π, not β log π/π_ref.
+    reads_soft_labels: ``fn`` takes ``soft_label`` ([B] p = P(chosen is better), from the data's ``p_chosen``)
+        and has the soft form −[p·log σ(z) + (1−p)·log σ(−z)]; data with p_chosen and a loss without it is an
+        error (``label_error``). reads_margin: ``fn`` takes the data's per-pair ``margin`` (no loss here does).
     summary: one line for --help and the docs.
     """
 
@@ -59,6 +62,8 @@ class LossSpec:
     token_level: bool = False
     simpo_rewards: bool = False
     parts: Callable[..., treg.TregParts] | None = None
+    reads_soft_labels: bool = False
+    reads_margin: bool = False
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -76,9 +81,19 @@ _REF = ("reference_free",)
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
-        LossSpec("dpo", preference.dpo, "DPO: -log σ(β·h), h = summed log-ratio margin", extra_reads=_REF),
         LossSpec(
-            "dpo_norm", preference.dpo_norm, "DPO on per-token mean log-ratios (TRL sigmoid_norm)", extra_reads=_REF
+            "dpo",
+            preference.dpo,
+            "DPO: -log σ(β·h), h = summed log-ratio margin",
+            extra_reads=_REF,
+            reads_soft_labels=True,
+        ),
+        LossSpec(
+            "dpo_norm",
+            preference.dpo_norm,
+            "DPO on per-token mean log-ratios (TRL sigmoid_norm)",
+            extra_reads=_REF,
+            reads_soft_labels=True,
         ),
         LossSpec(
             "cdpo",
@@ -86,6 +101,7 @@ LOSSES: dict[str, LossSpec] = {
             "conservative DPO: labels flipped with probability label_smoothing",
             args={"label_smoothing": "label_smoothing"},
             extra_reads=_REF,
+            reads_soft_labels=True,
         ),
         LossSpec(
             "ipo",
@@ -102,6 +118,7 @@ LOSSES: dict[str, LossSpec] = {
             "length-regularised DPO: margin shifted by length_alpha·(|y_w| − |y_l|)",
             args={"length_alpha": "length_alpha"},
             extra_reads=_REF,
+            reads_soft_labels=True,
         ),
         LossSpec(
             "simpo",
@@ -137,10 +154,28 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+def label_error(spec: LossSpec, p_chosen: bool, margin: bool) -> str | None:
+    """Why ``spec`` cannot train on data with per-pair ``p_chosen`` / ``margin`` fields (None: it can)."""
+    if p_chosen and not spec.reads_soft_labels:
+        soft = ", ".join(n for n, s in LOSSES.items() if s.reads_soft_labels)
+        return (
+            f"loss={spec.name} has no soft-label form, but the data carries p_chosen; use a loss that reads it "
+            f"({soft}), or make hard labels first (1[p > 0.5], |p - 0.5| < 0.05 dropped as ties: "
+            "python -m alignlab.data.labels IN.jsonl OUT.jsonl)"
+        )
+    if margin and not spec.reads_margin:
+        readers = ", ".join(n for n, s in LOSSES.items() if s.reads_margin) or "none; alignlab rm does"
+        return (
+            f"loss={spec.name} does not read per-pair margins, but the data carries a 'margin' field (losses that "
+            f"read it: {readers}); remove the field for alignlab train"
+        )
+    return None
+
+
 def get_loss(name: str) -> LossSpec:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]
 
 
-__all__ = ["LOSSES", "LOSS_KEYS", "TREG_KEYS", "LossSpec", "PairLogps", "TokenTerms", "get_loss"]
+__all__ = ["LOSSES", "LOSS_KEYS", "TREG_KEYS", "LossSpec", "PairLogps", "TokenTerms", "get_loss", "label_error"]

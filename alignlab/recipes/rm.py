@@ -7,7 +7,8 @@ One readable loop, like `alignlab train`; the same code runs as 1 CPU process, N
    training conventions (chat-templated prompt, completion ids ending with one EOS);
 3. wrap in LoRA (adapters on the backbone, the head trained in full), prepare with accelerate, resume if asked;
 4. each step: ``alignlab.training.rm_step.rm_train_step`` (chosen and rejected rows of every pair in one forward,
-   Bradley–Terry loss), metrics, held-out evaluation at step 0, every ``eval_steps`` and at the end (with the
+   Bradley–Terry loss, with the data's per-pair soft labels ``p_chosen`` and margins ``margin`` when it carries
+   them), metrics, held-out evaluation at step 0, every ``eval_steps`` and at the end (with the
    length-only baseline at step 0), checkpoints; then the merged model in ``output_dir/final`` as a plain
    transformers sequence-classification checkpoint, optionally normalised (``normalize_on``), and report.md.
 """
@@ -73,7 +74,7 @@ class RMConfig:
     max_prompt_length: int = 512  # prompts keep their last tokens
     trust_remote_code: bool = False
     dtype: str = "float32"
-    # objective (per-pair margins need a margin column, which the data loader does not carry yet)
+    # objective (per-pair soft labels p_chosen and margins come from the data's optional fields, docs/data.md)
     center_coef: float = 0.0  # + c * (r_c + r_r)^2 per pair (reward centering; 0.01 recommended, 0 = off)
     # parameter-efficient fine-tuning (the score head is always trained in full)
     lora: bool = True
@@ -235,6 +236,7 @@ def train_rm(cfg: RMConfig) -> RMResult:
             f"[alignlab] rm: {len(pairs)} pairs, {world} process(es) on {accelerator.device}, global batch "
             f"{plan.global_size} pairs, {plan.steps_per_epoch} steps/epoch, {total_steps} steps"
             + (f"; {len(eval_pairs)} eval pairs" if eval_pairs is not None else "")
+            + (f"; per-pair {' and '.join(report.label_fields)} from the data" if report.label_fields else "")
         )
     eval_bs = cfg.eval_batch_size or cfg.per_device_batch_size
     evals: list[dict] = []

@@ -2,7 +2,9 @@
 
 Both follow the same rules (docs/data.md): malformed rows stop with file, line and field (``on_bad=skip``: counted
 instead), and an empty file or too few usable pairs stop here, before any model is loaded. What was read,
-skipped and truncated goes into data_report.json (the held-out set under ``eval``). ``cfg`` is a TrainConfig.
+skipped and truncated goes into data_report.json (the held-out set under ``eval``). ``cfg`` is a TrainConfig or
+an RMConfig. The optional per-pair fields ``p_chosen`` and ``margin`` (alignlab.data.labels) are read by the RM
+loss; for a TrainConfig, a field its loss does not read stops here (``check_label_use``), before any model loads.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from alignlab.config import ConfigError
 from alignlab.data.formats import load_preference_records
 from alignlab.data.tokenize import TokenizedPair, tokenize_pairs
+from alignlab.losses.registry import get_loss, label_error
 
 
 def check_enough(cfg, n: int, world: int, what: str) -> None:
@@ -32,12 +35,25 @@ def check_eval_enough(cfg, n: int, world: int, what: str) -> None:
         )
 
 
+def check_label_use(cfg, report, what: str) -> None:
+    """A TrainConfig whose loss does not read the data's p_chosen / margin fields: ConfigError naming the data and
+    what to do. Configs without a ``loss`` (alignlab rm) read both."""
+    loss = getattr(cfg, "loss", None)
+    fields = report.label_fields
+    if loss is None or not fields:
+        return
+    why = label_error(get_loss(loss), "p_chosen" in fields, "margin" in fields)
+    if why:
+        raise ConfigError(f"{what} {report.spec}: {why}")
+
+
 def read_records(cfg, world: int = 1):
     """The preference records of ``cfg.data``; an empty file or too few usable pairs fail here, before any
     model is loaded, naming the file and the counts."""
     records, report = load_preference_records(cfg.data, split=cfg.split, limit=cfg.limit, on_bad=cfg.on_bad)
     if not records:
         raise ConfigError(f"{report.summary()}: no usable preference pairs")
+    check_label_use(cfg, report, "data")
     check_enough(cfg, len(records), world, report.summary())
     return records, report
 
@@ -48,6 +64,7 @@ def read_eval_records(cfg, world: int = 1):
     records, report = load_preference_records(cfg.eval_data, split=cfg.eval_split, on_bad=cfg.on_bad)
     if not records:
         raise ConfigError(f"eval_data {report.summary()}: no usable preference pairs")
+    check_label_use(cfg, report, "eval_data")
     check_eval_enough(cfg, len(records), world, report.summary())
     return records, report
 
@@ -60,6 +77,7 @@ def data_info(load_report, tok_report) -> dict:
             "kept": load_report.kept,
             "skipped": load_report.skipped,
             "skipped_examples": load_report.examples,
+            "labels": load_report.labelled,
         },
         "tokenize": tok_report.as_metrics() | {"dropped_sources": tok_report.dropped_sources[:20]},
     }

@@ -5,6 +5,11 @@ A pair gives two rows, prompt+chosen and prompt+rejected; B pairs are scored in 
 a completion whose EOS was cut by truncation gets its last kept token replaced by EOS, so the length stays within
 ``max_length`` and the reward is still read at an EOS.
 
+Labels: pairs that carry ``p_chosen`` (soft label) and ``margin`` (alignlab.data.labels) train on
+−[p·log σ(Δ) + (1−p)·log σ(−Δ)] with Δ = r_c − r_r − m (``bradley_terry_loss``); held-out ``eval_loss`` uses the
+eval pairs' own fields the same way. ``accuracy`` stays the hard comparison r_c > r_r against the file's order of
+chosen and rejected, whatever p is.
+
 Gradient: each micro-batch contributes sum(per-pair Bradley–Terry losses) · world / n_pairs_global, so the
 accumulated gradient is the mean over the effective batch however it is split over micro-batches and ranks (the
 rule of alignlab.training.step). A non-finite loss on any rank, or a non-finite gradient norm, stops the step
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignlab.data.collate import pair_labels
 from alignlab.data.tokenize import TokenizedPair
 from alignlab.losses.reward_model import bradley_terry_loss, reward_metrics
 from alignlab.training.evaluate import shard_batches
@@ -54,6 +60,12 @@ def collate_rewards(
         ids[i, span] = torch.tensor(r, dtype=torch.long)
         attn[i, span] = 1
     return ids, attn
+
+
+def pair_loss(rc: torch.Tensor, rr: torch.Tensor, pairs: list[TokenizedPair], center_coef: float) -> torch.Tensor:
+    """Per-pair Bradley–Terry losses [B] of ``pairs`` with their own soft labels and margins (when they carry them)."""
+    p, m = (None if t is None else t.to(device=rc.device, dtype=rc.dtype) for t in pair_labels(pairs))
+    return bradley_terry_loss(rc, rr, margin=m, center_coef=center_coef, soft_label=p)
 
 
 def pair_rewards(scorer, pairs: list[TokenizedPair], pad_id: int, eos_id: int, device) -> tuple[torch.Tensor, ...]:
@@ -96,7 +108,7 @@ def rm_train_step(
         batch = [pairs[i] for i in idx]
         with contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer):
             rc, rr = pair_rewards(scorer, batch, pad_id, eos_id, accelerator.device)
-            per_pair = bradley_terry_loss(rc, rr, center_coef=center_coef)
+            per_pair = pair_loss(rc, rr, batch, center_coef)
             loss = per_pair.sum() * world / n_global
             if not torch.isfinite(loss):
                 bad_local.append([p.source for p in batch])
@@ -160,7 +172,7 @@ def evaluate_rewards(
     rc = torch.tensor([r[1] for r in rows], dtype=torch.float64)
     rr = torch.tensor([r[2] for r in rows], dtype=torch.float64)
     sources = [source_key(pairs[r[0]].source) for r in rows]
-    m = {"loss": bradley_terry_loss(rc, rr, center_coef=center_coef).mean().item()}
+    m = {"loss": pair_loss(rc, rr, [pairs[r[0]] for r in rows], center_coef).mean().item()}
     m |= reward_metrics(rc, rr, sources if len(set(sources)) > 1 else None)
     return {EVAL_PREFIX + k: v for k, v in m.items()} | {EVAL_PREFIX + "runtime": time.perf_counter() - t0}
 

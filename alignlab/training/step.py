@@ -18,7 +18,7 @@ import torch
 from alignlab.data.collate import collate_pairs
 from alignlab.data.tokenize import TokenizedPair
 from alignlab.losses.objective import ObjectiveOut, preference_objective
-from alignlab.losses.registry import LossSpec
+from alignlab.losses.registry import LossSpec, label_error
 from alignlab.losses.types import PairLogps, TokenTerms
 from alignlab.training.schedule import BatchPlan
 
@@ -110,13 +110,18 @@ def pair_logps(out, n: int, ref: torch.Tensor | None) -> PairLogps:
 def pair_objective(settings: StepSettings, scorer, batch) -> tuple[ObjectiveOut, PairLogps]:
     """The objective of one PairBatch under ``scorer`` (training and evaluation alike): per-pair losses and rewards,
     and the policy's per-sequence log-probs. Token-level losses get the per-token log-probs and ``batch``'s token
-    rewards."""
+    rewards; losses that read soft labels get ``batch.p_chosen``. Soft labels or margins that the loss does not
+    read are an error (alignlab.losses.registry.label_error), checked before the forward."""
+    why = label_error(settings.spec, batch.p_chosen is not None, batch.margin is not None)
+    if why:
+        raise ValueError(why)
     token_level = settings.spec.token_level
     packed = {"packed": batch.packed} if batch.packed is not None else {}
     out = scorer(batch.input_ids, batch.attention_mask, batch.completion_mask, return_tokens=token_level, **packed)
     pl = pair_logps(out, batch.n_pairs, batch.ref_logps)
     tokens = TokenTerms(out.token, batch.completion_mask[:, 1:], batch.token_rewards) if token_level else None
-    return preference_objective(pl, settings.spec, settings.params, settings.reference_free, tokens), pl
+    obj = preference_objective(pl, settings.spec, settings.params, settings.reference_free, tokens, batch.p_chosen)
+    return obj, pl
 
 
 def accumulate_gradients(
