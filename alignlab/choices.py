@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from transformers import SchedulerType
 
 from alignlab.decoding.registry import DECODING
+from alignlab.judge import BACKENDS
+from alignlab.judge.http import APIS
+from alignlab.judge.templates import TEMPLATE_NOTES as JUDGE_TEMPLATE_NOTES
+from alignlab.judge.templates import TEMPLATES as JUDGE_TEMPLATES
 from alignlab.losses.registry import LOSSES
 from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.losses.treg import WEIGHTINGS
@@ -253,6 +257,39 @@ CONFIG_CHOICES["RLConfig"] = {
     "lora_target": CONFIG_CHOICES["TrainConfig"]["lora_target"],
     "resume_from": CONFIG_CHOICES["TrainConfig"]["resume_from"],
     "report_to": CONFIG_CHOICES["TrainConfig"]["report_to"],
+}
+
+
+# `alignlab label`: the judge's templates, backends and APIs from alignlab.judge
+CONFIG_CHOICES["LabelConfig"] = {
+    "judge": Choices(
+        {a: f"{ALIAS_NOTES.get(a, 'built-in alias')} (hf backend)" for a in MODEL_ALIASES},
+        f"or a hub id or local model directory (hf: log-prob readout), or http(s)://host:port/v1 ({BACKENDS['http']})",
+    ),
+    "template": Choices(
+        described(JUDGE_TEMPLATES, JUDGE_TEMPLATE_NOTES, lambda n: JUDGE_TEMPLATES[n].body.splitlines()[0][:80]),
+        "or a .json/.yaml file with body ({context}, {response_1}, {response_2}), optional ending and rationale_cue",
+    ),
+    "mode": fixed(
+        label="write labeled.jsonl (chosen = the judge's pick, p_chosen) and the agreement numbers",
+        agreement="the data's labels are hidden gold: only agreement.json and report.md",
+    ),
+    "on_bad": CONFIG_CHOICES["TrainConfig"]["on_bad"],
+    **_DTYPE,
+    "api": Choices(dict(APIS)),
+}
+
+# `alignlab study`
+CONFIG_CHOICES["StudyConfig"] = {
+    "mode": fixed(
+        daa="DPO / IPO / SLiC over a beta grid, checkpoints evaluated: gold and implicit reward vs sqrt(KL)",
+        bon="best-of-n by proxy RMs trained on gold-labelled pairs: gold and proxy vs sqrt(log n - (n-1)/n)",
+        rl="RLOO / PPO against the proxy RMs, checkpoints evaluated: gold and proxy vs sqrt(KL to the initial policy)",
+    ),
+    "gold": reward_choices(with_none=False),
+    "model": model_choices(),
+    "losses": Choices(loss_choices().values, "daa: a comma list, e.g. losses=dpo,ipo,slic"),
+    "algos": Choices(rl_method_choices().values, "rl: a comma list, e.g. algos=rloo,ppo"),
 }
 
 

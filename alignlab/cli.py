@@ -68,6 +68,16 @@ COMMANDS = [
         "report.md and output_dir/final (docs/rlhf.md).",
     ),
     Command(
+        "study",
+        "alignlab.recipes.study",
+        "StudyConfig",
+        "reward over-optimization studies: gold vs proxy against sqrt(KL) for DAA, best-of-n or RL, with fits",
+        "mode=daa trains DPO/IPO/SLiC at several betas and evaluates checkpoints; mode=bon picks best-of-n by proxy "
+        "RMs trained on gold-labelled pairs; mode=rl runs RLOO/PPO against them. Every point (gold, proxy, KL, length, "
+        "EOS share) goes to points.jsonl as it is measured (a rerun skips done points); study.html, PNGs and "
+        "results.json hold the Gao et al. fits beside a quadratic and the verdict (docs/study.md).",
+    ),
+    Command(
         "demo",
         "alignlab.recipes.demo",
         "DemoConfig",
@@ -92,6 +102,16 @@ COMMANDS = [
         "alignlab.recipes.score",
         "ScoreConfig",
         "score a JSONL of prompt/response with any reward (the gold, per term; or a reward model)",
+    ),
+    Command(
+        "label",
+        "alignlab.recipes.label",
+        "LabelConfig",
+        "label preference pairs with an AI judge (RLAIF: both orders, log-prob readout, cache)",
+        "Judge every pair in both orders with a local causal LM or an OpenAI-compatible endpoint (P('1') vs P('2') "
+        "after the template's ending, the two orders averaged) and write labeled.jsonl (chosen = the judge's pick, "
+        "p_chosen), agreement.json and report.md: agreement with the data's own labels with and without the order "
+        "swap, position consistency, ties, skips and the length baselines (docs/rlaif.md).",
     ),
     Command(
         "diagnose",

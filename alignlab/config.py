@@ -38,6 +38,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
+        elif not isinstance(value, (list, tuple)):  # one YAML scalar (betas=0.1, seeds=0): a list of one
+            value = [value]
         inner = args[0] if args else str
         return [_coerce(v, inner, key) for v in value]
     if annotation is bool:

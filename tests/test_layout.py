@@ -17,10 +17,12 @@ LAYERS = {
     "precompute": 2,
     "decoding": 2,
     "rewards": 2,
+    "judge": 2,
     "training": 2,
     "rollout": 3,
     "choices": 3,
     "eval": 4,
+    "study": 4.5,
     "recipes": 5,
     "cli": 6,
 }
@@ -36,6 +38,8 @@ ENTRY_POINTS = {
     "compare",
     "rm",
     "rl",
+    "study",
+    "label",
 }
 
 

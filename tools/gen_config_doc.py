@@ -13,9 +13,11 @@ from alignlab.recipes.diagnose import DiagnoseConfig
 from alignlab.recipes.export import ExportConfig
 from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
+from alignlab.recipes.label import LabelConfig
 from alignlab.recipes.rl import RLConfig
 from alignlab.recipes.rm import RMConfig
 from alignlab.recipes.score import ScoreConfig
+from alignlab.recipes.study import StudyConfig
 from alignlab.recipes.train import TrainConfig
 
 
@@ -100,6 +102,15 @@ algorithm only; set for another one they are an error. `None` means the algorith
     + table(RLConfig)
     + """
 
+## `alignlab study` (`alignlab.recipes.study.StudyConfig`)
+
+Reward over-optimization studies ([study.md](study.md)). Keys marked with a mode are read by that mode only; set
+for another one they are an error.
+
+"""
+    + table(StudyConfig)
+    + """
+
 ## `alignlab demo` (`alignlab.recipes.demo.DemoConfig`)
 
 """
@@ -124,6 +135,16 @@ Method parameters left unset take the method's defaults; see [decoding.md](decod
 
 """
     + table(ScoreConfig)
+    + """
+
+## `alignlab label` (`alignlab.recipes.label.LabelConfig`)
+
+AI-feedback labelling: every pair judged in both orders by a local causal LM or an OpenAI-compatible endpoint
+([rlaif.md](rlaif.md)). Keys under "local judge" are read by a model judge only, those under "endpoint judge" by an
+`http(s)://` judge only; set for the other kind they are an error.
+
+"""
+    + table(LabelConfig)
     + """
 
 ## `alignlab diagnose` (`alignlab.recipes.diagnose.DiagnoseConfig`)
