@@ -201,6 +201,11 @@ CONFIG_CHOICES: dict[str, dict[str, Choices]] = {
         **_TREG,
         "eval_split": split_choices(["test", "validation"]),
         "decoding": Choices(decoding_choices().values, "a comma list, e.g. decoding=greedy,args; empty = none"),
+        "decoding_guide": fixed(
+            gold="the methods optimise the gold itself (optimistic: the guide is the judge)",
+            proxy="the methods optimise the demo's proxy RM (trained on the pairs), judged by the gold",
+            both="gold-guided rows, then proxy-guided rows ([proxy]) under one greedy baseline",
+        ),
     },
     "GenerateConfig": {
         "method": decoding_choices(),

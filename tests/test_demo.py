@@ -123,3 +123,44 @@ def test_demo_rl_keys_need_an_rl_method():
     assert cfg.methods == ["dpo", "rloo", "ppo"] and cfg.rl_steps == 5
     with pytest.raises(ValueError, match="unknown"):
         build_config(DemoConfig, None, ["methods=dpo,reinforce"])
+
+
+def test_demo_tiny_proxy_guided_decoding(tmp_path):
+    """decoding_guide=both: the proxy RM is trained on the pairs (no RL method needed) and the decoding methods run
+    once guided by the gold and once by the proxy, judged by the gold under one greedy baseline."""
+    model_dir = save_tiny(tmp_path / "tiny")
+    cfg = DemoConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "demo"),
+        train_prompts=6,
+        samples_per_prompt=2,
+        pair_max_new_tokens=6,
+        methods=["dpo"],
+        epochs=1,
+        per_device_batch_size=4,
+        lora_top_layers=1,
+        rm_epochs=1,
+        eval_prompts=4,
+        eval_max_new_tokens=6,
+        decoding=["greedy", "best-of-n", "args"],
+        decoding_prompts=3,
+        decoding_subset=2,
+        decoding_max_new_tokens=3,
+        decoding_guide="both",
+        n_boot=50,
+    )
+    drows = run_demo(cfg)["decoding_rows"]
+    names = [r["method"] for r in drows]
+    assert names[0] == "greedy" and names.count("greedy") == 1
+    plain = [n for n in names[1:] if not n.endswith(" [proxy]")]
+    assert [n + " [proxy]" for n in plain] == [n for n in names if n.endswith(" [proxy]")] and plain
+    for r in drows[1:]:
+        assert r["guide"] == ("proxy RM" if r["method"].endswith("[proxy]") else "gold (= the judge)")
+    assert (tmp_path / "demo" / "rm" / "final" / "config.json").is_file()
+    assert "RLHF: proxy reward model" in (tmp_path / "demo" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="decoding_guide"):
+        build_config(DemoConfig, None, ["decoding_guide=proxy"])  # no decoding methods
+    cfg = build_config(DemoConfig, None, ["decoding=greedy,args", "decoding_guide=proxy", "rm_epochs=3"])
+    assert cfg.needs_proxy and cfg.rm_epochs == 3
+    with pytest.raises(ConfigError, match="rl_steps"):
+        build_config(DemoConfig, None, ["decoding=greedy", "decoding_guide=proxy", "rl_steps=3"])

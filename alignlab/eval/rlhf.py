@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from alignlab.eval.decoding_rows import DecodingEvalSettings, DecodingRows, decoding_rows
 from alignlab.eval.report import Section, plot_proxy_gold
 from alignlab.training.rm_step import LENGTH_BASELINE, SHORTER_BASELINE
 
 CURVES_FILE = "rl_curves.jsonl"
 CURVES_PNG = "report_rl.png"
+GUIDES = ("gold", "proxy", "both")  # what the decoding methods optimise (DemoConfig.decoding_guide)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _acc(p: float | None, n: int) -> str:
 
 
 def rlhf_section(
-    inputs: RLHFInputs, evals: list[dict], train_metrics: list[dict], curves: dict[str, list[dict]], png: Path
+    inputs: RLHFInputs, evals: list[dict], train_metrics: list[dict], curves: dict[str, list[dict]], png: Path | None
 ) -> Section:
     """The report's RLHF section: the proxy RM's held-out accuracy (before training, trained) beside the length-only
     baselines, and the proxy / gold reward per RL step (first and last step per run; the plot has every step)."""
@@ -135,3 +137,29 @@ def rlhf_section(
     return Section(
         "RLHF: proxy reward model and RL", notes, (["held-out pairs", "accuracy ± se"], body), png, "proxy vs gold"
     )
+
+
+def guided_decoding_rows(
+    model, tok, prompts: list[str], gold, aligned, settings: DecodingEvalSettings, guide: str, proxy_reward=None
+) -> DecodingRows:
+    """The decoding table, its methods guided by the gold (optimistic: the guide is the judge), by the proxy RM
+    (the honest setting: a learned reward, judged by the gold it was trained to imitate), or both: the proxy-guided
+    rows follow the gold-guided ones under the same greedy baseline (their ``guide`` column names the RM)."""
+    guides = ["gold", "proxy"] if guide == "both" else [guide]
+    out = None
+    for g in guides:
+        reward = None if g == "gold" else proxy_reward
+        kw = dict(rollout_model=aligned, guide_reward=reward, settings=settings)
+        rows = decoding_rows(model.eval(), tok, prompts, gold, **kw)
+        if out is None:
+            out = rows
+            continue
+        # "both": the greedy baseline (first row) is shared; the proxy-guided rows are named as such
+        for row, res in zip(rows[1:], rows.results[1:]):
+            row["method"] = f"{row['method']} [proxy]"
+            out.append(row)
+            out.results.append(res)
+        out.outputs |= {f"{k} [proxy]": v for k, v in rows.outputs.items() if k != "greedy"}
+        out.timings |= {f"{k} [proxy]": v for k, v in rows.timings.items()}
+        out.notes.extend(f"[proxy] {n}" for n in rows.notes if n not in out.notes)
+    return out

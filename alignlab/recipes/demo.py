@@ -27,27 +27,36 @@ import torch
 
 from alignlab.config import reject_unread, save_config
 from alignlab.eval.compare import base_row, breakdown_table, method_row
-from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, decoding_rows, merged_copy
+from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, merged_copy
 from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
 from alignlab.eval.report import DECODING_COLUMNS, format_table, text_table, write_report
-from alignlab.eval.rlhf import rl_curve, rlhf_section, top_layer_targets, write_curves, write_rlhf_inputs
+from alignlab.eval.rlhf import (
+    GUIDES,
+    RLHFInputs,
+    guided_decoding_rows,
+    rl_curve,
+    rlhf_section,
+    top_layer_targets,
+    write_curves,
+    write_rlhf_inputs,
+)
 from alignlab.losses import LOSSES, get_loss
 from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import reference_mode
 from alignlab.recipes.rl import RLConfig, rl
-from alignlab.recipes.rm import RMConfig, train_rm
+from alignlab.recipes.rm import RMConfig, RMResult, train_rm
 from alignlab.recipes.train import TrainConfig, train
+from alignlab.rewards import load_reward
 from alignlab.rollout.cache import cached_generate
 from alignlab.rollout.generate import SamplingParams
 from alignlab.rollout.onpolicy import build_onpolicy_pairs
 from alignlab.task.gold import GoldReward
 from alignlab.task.prompts import balanced, load_task_prompts
 
-# the RLHF keys: read only with an RL method in `methods`
-RL_KEYS = (
-    "rm_heldout rm_epochs rm_learning_rate rl_steps rl_prompts_per_step rl_max_new_tokens rl_learning_rate".split()
-)
+# the RLHF keys: the proxy RM's with an RL method or proxy-guided decoding, the RL ones with an RL method
+RM_KEYS = ["rm_heldout", "rm_epochs", "rm_learning_rate"]
+RL_KEYS = ["rl_steps", "rl_prompts_per_step", "rl_max_new_tokens", "rl_learning_rate"]
 
 
 @dataclass
@@ -97,6 +106,7 @@ class DemoConfig:
     decoding_prompts: int = 32  # first N eval prompts (balanced): every decoding method, the same prompts
     decoding_subset: int = 32  # first N of those for the expensive ones (cd, tq-direct); = decoding_prompts: all
     decoding_max_new_tokens: int = 64
+    decoding_guide: str = "gold"  # gold | proxy | both: the reward decoding optimises (proxy: the demo's proxy RM)
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
@@ -108,14 +118,18 @@ class DemoConfig:
         if not self.decoding:
             reject_unread(
                 self,
-                ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens"],
+                ["decoding_prompts", "decoding_subset", "decoding_max_new_tokens", "decoding_guide"],
                 "no decoding methods are run (set decoding=...)",
             )
         unknown = [m for m in self.methods if m not in LOSSES and m not in RL_ALGOS]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; losses: {', '.join(LOSSES)}; RL: {', '.join(RL_ALGOS)}")
+        if self.decoding_guide not in GUIDES:
+            raise ValueError(f"decoding_guide must be one of {', '.join(GUIDES)}, got {self.decoding_guide!r}")
         if not any(m in RL_ALGOS for m in self.methods):
             reject_unread(self, RL_KEYS, "no RL method is trained (methods=... has no rloo/ppo/grpo)")
+        if not self.needs_proxy:
+            reject_unread(self, RM_KEYS, "no proxy RM is trained (no RL method, decoding_guide=gold)")
         elif not 0 < self.rm_heldout < 1:
             raise ValueError(f"rm_heldout must be in (0, 1), got {self.rm_heldout}")
         if not any(get_loss(m).token_level for m in self.methods if m in LOSSES):
@@ -127,6 +141,11 @@ class DemoConfig:
         unknown = sorted(set(self.decoding) - set(ALL_METHODS))
         if unknown:
             raise ValueError(f"decoding: unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
+
+    @property
+    def needs_proxy(self) -> bool:
+        """A proxy RM is trained on the pairs for the RL methods and for proxy-guided decoding."""
+        return any(m in RL_ALGOS for m in self.methods) or bool(self.decoding) and self.decoding_guide != "gold"
 
 
 def _texts(prompts) -> list[str]:
@@ -179,9 +198,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     base = result_from_generations("base", base_gens, gold, prompts, kl=[0.0] * len(base_gens))
     clock.add("eval", t)
 
-    rlhf = None  # the proxy RM and the RL runs' curves, with an RL method
-    if any(m in RL_ALGOS for m in cfg.methods):
-        rlhf = _proxy_rm(cfg, run_dir, pair_rows, _texts(train_p), clock)
+    rlhf = proxy_rm(cfg, run_dir, pair_rows, _texts(train_p), clock) if cfg.needs_proxy else None
     per_seed: dict[str, list[MethodResult]] = {}
     train_info = {}
     aligned = None  # a plain (merged) copy of the first dpo policy: TQ*'s aligned baseline
@@ -205,12 +222,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     drows = None
     if cfg.decoding:
         t = time.perf_counter()
-        drows = _decoding_rows(cfg, model, tok, balanced(eval_p, cfg.decoding_prompts), gold, aligned)
+        dprompts = _texts(balanced(eval_p, cfg.decoding_prompts))
+        ds = DecodingEvalSettings(
+            len(dprompts), cfg.decoding_subset, cfg.decoding_max_new_tokens, seed=cfg.seed, methods=tuple(cfg.decoding)
+        )
+        proxy = load_reward(str(rlhf.rm.final_dir), name="proxy RM") if cfg.decoding_guide != "gold" else None
+        drows = guided_decoding_rows(model, tok, dprompts, gold, aligned, ds, cfg.decoding_guide, proxy)
         clock.add("decoding", t)
     sections = []
     if rlhf is not None:
-        _, png = write_curves(run_dir, rlhf["curves"])
-        sections.append(rlhf_section(rlhf["inputs"], rlhf["rm"].evals, rlhf["rm"].metrics, rlhf["curves"], png))
+        png = write_curves(run_dir, rlhf.curves)[1] if rlhf.curves else None
+        sections.append(rlhf_section(rlhf.inputs, rlhf.rm.evals, rlhf.rm.metrics, rlhf.curves, png))
     clock.parts["total"] = time.perf_counter() - clock.t0
     notes = _notes(cfg, prep, rows, train_info, clock.parts)
     samples = [
@@ -317,9 +339,18 @@ def _evaluate(cfg: DemoConfig, name: str, policy, tok, prompts, eval_params, gol
     return res
 
 
-def _proxy_rm(cfg: DemoConfig, run_dir: Path, pair_rows: list[dict], train_prompts: list[str], clock) -> dict:
-    """The proxy reward model: `alignlab rm` on the gold-labelled pairs (a share of their prompts held out as its
-    eval_data), normalised on both sides of every pair (the base policy's samples); LoRA as for the policies."""
+@dataclass
+class ProxyRM:
+    """The trained proxy RM, the files it was trained and evaluated on, and each RL run's proxy/gold curve."""
+
+    inputs: RLHFInputs
+    rm: RMResult
+    curves: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def proxy_rm(cfg, run_dir: Path, pair_rows: list[dict], train_prompts: list[str], clock) -> ProxyRM:
+    """`alignlab rm` on the gold-labelled pairs (a share of their prompts held out as its eval_data), normalised on
+    both sides of every pair (the base policy's samples); LoRA as for the policies."""
     t = time.perf_counter()
     inputs = write_rlhf_inputs(run_dir, pair_rows, train_prompts, cfg.rm_heldout, cfg.seed)
     rcfg = RMConfig(
@@ -343,18 +374,18 @@ def _proxy_rm(cfg: DemoConfig, run_dir: Path, pair_rows: list[dict], train_promp
     )
     rm = train_rm(rcfg)
     clock.add("rm", t)
-    return {"inputs": inputs, "rm": rm, "curves": {}}
+    return ProxyRM(inputs, rm)
 
 
-def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_params, gold, clock, rlhf: dict):
-    """`alignlab rl` against the proxy RM on the pairs' train prompts (gold tracked per step), then evaluated
-    exactly like the offline methods."""
+def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_params, gold, clock, proxy: ProxyRM):
+    """`alignlab rl` against the proxy RM on the pairs' train prompts (the gold tracked per step; the run's curve
+    goes to ``proxy.curves``), then evaluated exactly like the offline methods."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)
     rcfg = RLConfig(
         model=cfg.model,
-        prompts=str(rlhf["inputs"].prompts),
-        reward=str(rlhf["rm"].final_dir),
+        prompts=str(proxy.inputs.prompts),
+        reward=str(proxy.rm.final_dir),
         track_gold=True,
         algo=algo,
         prompts_per_step=cfg.rl_prompts_per_step,
@@ -372,15 +403,14 @@ def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_par
     )
     result = rl(rcfg, model=model, tokenizer=tok)
     clock.add(f"train_{algo}", t)
-    rlhf["curves"][f"{algo} s{seed}"] = curve = rl_curve(result.metrics)
-    res = _evaluate(cfg, f"{algo} s{seed}", result.model, tok, prompts, eval_params, gold, clock)
+    proxy.curves[f"{algo} s{seed}"] = curve = rl_curve(result.metrics)
     info = {
         "steps": result.steps,
         "final_proxy": curve[-1]["proxy"],
         "final_gold": curve[-1]["gold"],
         "final_kl_init": curve[-1]["kl"],
     }
-    return res, info, None
+    return _evaluate(cfg, f"{algo} s{seed}", result.model, tok, prompts, eval_params, gold, clock), info, None
 
 
 def _kl(policy, tok, gens, temperature: float) -> list[float]:
@@ -389,17 +419,6 @@ def _kl(policy, tok, gens, temperature: float) -> list[float]:
     with reference_mode(policy):
         lr = score_generations(policy, gens, tok.pad_token_id, temperature)
     return [a - b for a, b in zip(lp, lr)]
-
-
-def _decoding_rows(cfg: DemoConfig, model, tok, prompts, gold, aligned):
-    settings = DecodingEvalSettings(
-        prompts=len(prompts),
-        subset=cfg.decoding_subset,
-        max_new_tokens=cfg.decoding_max_new_tokens,
-        seed=cfg.seed,
-        methods=tuple(cfg.decoding),
-    )
-    return decoding_rows(model.eval(), tok, _texts(prompts), gold, rollout_model=aligned, settings=settings)
 
 
 def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
