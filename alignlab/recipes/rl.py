@@ -18,6 +18,7 @@ negative mean per-token KL is an alert in the log.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -110,7 +111,8 @@ class RLConfig:
     max_steps: int = 20  # rollout + update steps
     gradient_checkpointing: bool = False
     seed: int = 42
-    rollout_backend: str = "hf"
+    rollout_backend: str = "hf"  # hf | vllm (an engine over the base model, weights synced every step; docs/rlhf.md)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm on a GPU: the engine's share of the GPU (the trainer shares it)
     # output
     output_dir: str = "runs/rl"
     save_steps: int = 0  # 0: only the final checkpoint
@@ -137,6 +139,12 @@ class RLConfig:
             raise ConfigError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.rollout_backend not in BACKENDS:
             raise ConfigError(f"rollout_backend: choose one of {', '.join(BACKENDS)}, got {self.rollout_backend!r}")
+        if self.rollout_backend != "vllm":
+            reject_unread(self, ["vllm_gpu_memory_utilization"], "rollout_backend is not vllm")
+        elif importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                "rollout_backend=vllm: vLLM is not installed here; `make vllm-env` builds .venv-vllm (docs/rlhf.md)"
+            )
         if self.group_size is not None and self.group_size < (2 if self.algo in ("rloo", "grpo") else 1):
             raise ConfigError(f"group_size {self.group_size}: {self.algo} needs at least 2 samples per prompt")
         if self.ref_sync_every == 0:
@@ -227,6 +235,7 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         )
     raw_policy = accelerator.unwrap_model(policy).model
     refs.to(accelerator.device)
+    engine = _vllm_engine(cfg, ro, world)
 
     def ref_logp(rows):
         return refs.ref_logp(policy, raw_policy, rows)
@@ -240,7 +249,11 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         t0 = time.perf_counter()
         step_prompts = prompts_for_step(prompts, cfg.prompts_per_step, step, rank, world, cfg.seed)
         seed = cfg.seed * 1_000_003 + step * 1009 + rank
-        batch = sample_rollouts(raw_policy, tokenizer, step_prompts, ro, seed, sampler_logps=step == start)
+        # vllm: the trainer's weights into the engine before every rollout; its sampler is checked on the first two
+        # steps (the second is the first after an update: the one a stale engine would fail)
+        sync_s = engine.sync(raw_policy) if engine is not None else None
+        check = step == start or (engine is not None and step == start + 1)
+        batch = sample_rollouts(raw_policy, tokenizer, step_prompts, ro, seed, sampler_logps=check, engine=engine)
         t1 = time.perf_counter()
         counts = apply_rewards(batch, reward, cfg.missing_eos_penalty)
         gold_mean = (
@@ -250,8 +263,7 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         orders = rl_step.epoch_orders(replace(s, seed=cfg.seed + step), len(batch))
         vfn = (lambda rows: token_values(value, rows)) if value is not None else None
         rl_step.score_rollouts(s, batch, policy, ref_logp, orders[0], vfn, init_logp if refs.moving else None)
-        if step == start:
-            check_sampler_agreement(batch, step)
+        agreement = check_sampler_agreement(batch, step) if check else None
         stats = rl_step.advantages(s, batch)
         t3 = time.perf_counter()
         upd = rl_step.update(s, accelerator, policy, optimizer, None, batch, orders, step, value)
@@ -259,6 +271,11 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         refs.maybe_sync(step, raw_policy)
         record = _record(step, batch, counts, stats, upd, gold_mean, (t0, t1, t2, t3, t4), accelerator)
         record["kl_coef"] = s.kl_coef  # the coefficient this step's rewards / loss used
+        if sync_s is not None:  # one process (vllm): the sync is part of the step
+            record["time/sync_s"] = sync_s
+            record["time/step_s"] += sync_s
+        if agreement is not None:
+            record["check/sampler_logp_diff"] = agreement
         if cfg.kl_target is not None:  # every rank computes the same value from the rank-averaged KL
             n = len(batch) * world
             s = replace(s, kl_coef=adaptive_kl_coef(s.kl_coef, record["kl_ref_seq"], cfg.kl_target, n, cfg.kl_horizon))
@@ -277,6 +294,8 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
             save_checkpoint(accelerator, run_dir, step + 1, cfg.save_total_limit)
     if bar is not None:
         bar.close()
+    if engine is not None:
+        engine.close()
     save_checkpoint(accelerator, run_dir, last, cfg.save_total_limit)
     if is_main and last == cfg.max_steps:
         raw_policy.save_pretrained(run_dir / "final", safe_serialization=True)
@@ -285,6 +304,24 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RLResult(run_dir, last, history, raw_policy)
+
+
+def _vllm_engine(cfg: RLConfig, ro: RolloutSettings, world: int):
+    """rollout_backend=vllm: the engine over the policy's base model (its weights are synced before each step)."""
+    if ro.backend != "vllm":
+        return None
+    if world > 1:  # pitfalls R5: an engine beside several trainer ranks needs a process-group layout, not built yet
+        raise ConfigError("rollout_backend=vllm runs with one process; use rollout_backend=hf under accelerate launch")
+    from alignlab.models.loading import resolve_model_path
+    from alignlab.rollout.vllm_backend import VLLMRollout
+
+    return VLLMRollout(
+        resolve_model_path(cfg.model),
+        dtype=cfg.dtype,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        max_model_len=ro.max_prompt_length + ro.max_new_tokens,
+        seed=cfg.seed,
+    )
 
 
 def resumed_kl_coef(metrics_path: Path, start: int) -> float:

@@ -6,6 +6,11 @@ cannot change the distribution). The sampler's log-probs of the sampled tokens a
 the processed scores ``generate`` returns) so that the trainer can check, before its first update, that it
 scores the very distribution that sampled (same temperature, same weights; docs/rlhf.md "Step-0 invariants").
 
+Backend ``vllm``: a ``VLLMRollout`` engine (``alignlab.rollout.vllm_backend``, passed as ``engine``) over the base
+model, whose weights the recipe syncs from the trainer before every step's rollouts; the same sampling (plain
+temperature, one seeded request per row) and the sampler's log-probs after temperature, so the same check guards the
+sync.
+
 Response rule (docs/rlhf.md): a response is the sampled tokens up to and including the first stop token (EOS or
 end-of-turn); ``finished`` says whether one came. A response that hit ``max_new_tokens`` keeps all its tokens and
 ``finished=False``; with ``missing_eos_penalty`` its score is lowered by it (TRL's rule). An empty response (the
@@ -35,7 +40,7 @@ class RolloutSettings:
     backend: str = "hf"
 
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm")
 
 
 class PromptTooLongError(ValueError):
@@ -65,14 +70,13 @@ def response_mask_of(tokens: torch.Tensor, stops: list[int]) -> tuple[torch.Tens
 
 @torch.no_grad()
 def sample_rollouts(
-    model, tokenizer, prompts: list[Text], s: RolloutSettings, seed: int, sampler_logps: bool = True
+    model, tokenizer, prompts: list[Text], s: RolloutSettings, seed: int, sampler_logps: bool = True, engine=None
 ) -> RolloutBatch:
     """``group_size`` samples of every prompt, prompt-major; scores are left empty (``apply_rewards``).
 
     sampler_logps: keep the sampler's own log-probs (needs every step's [rows, vocab] scores: the recipe asks only
-    on the step it checks them)."""
-    from transformers import GenerationConfig
-
+    on the steps it checks them). engine: the ``VLLMRollout`` of ``rollout_backend=vllm`` (its weights synced by
+    the caller); ``model`` is then not used for sampling."""
     if s.backend not in BACKENDS:
         raise ValueError(f"rollout_backend {s.backend!r}: choose one of {', '.join(BACKENDS)}")
     stops = stop_ids(tokenizer)
@@ -80,6 +84,36 @@ def sample_rollouts(
     ids = encode_prompts(tokenizer, prompts, s.max_prompt_length)
     rows = [r for r in ids for _ in range(s.group_size)]
     prompt_ids, prompt_mask = left_pad(rows, pad_id)
+    if s.backend == "vllm":
+        if engine is None:
+            raise ValueError("rollout_backend=vllm: sample_rollouts needs the engine (alignlab.rollout.vllm_backend)")
+        tokens, raw_logp = _vllm_sample(engine, rows, s, stops, pad_id, seed, sampler_logps)
+    else:
+        tokens, raw_logp = _hf_sample(model, prompt_ids, prompt_mask, s, stops, pad_id, seed, sampler_logps)
+    P = prompt_ids.shape[1]
+    mask, finished = response_mask_of(tokens, stops)
+    tokens = torch.where(mask, tokens, torch.full_like(tokens, pad_id))
+    sampler_logp = torch.where(mask, raw_logp, torch.zeros(())) if raw_logp is not None else None
+    texts = [prompt_text(p) for p in prompts for _ in range(s.group_size)]
+    responses = [_decode(tokenizer, t, m, stops) for t, m in zip(tokens, mask)]
+    return RolloutBatch(
+        input_ids=torch.cat([prompt_ids, tokens], 1),
+        attention_mask=torch.cat([prompt_mask, mask.long()], 1),
+        response_mask=mask,
+        prompt_len=P,
+        prompts=texts,
+        responses=responses,
+        finished=finished,
+        scores=torch.zeros(len(rows)),
+        group_size=s.group_size,
+        sampler_logp=sampler_logp,
+    )
+
+
+def _hf_sample(model, prompt_ids, prompt_mask, s: RolloutSettings, stops, pad_id, seed, sampler_logps):
+    """HF ``generate`` on the policy: (response tokens [B, T], the sampler's log-probs [B, T] or None)."""
+    from transformers import GenerationConfig
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -103,31 +137,29 @@ def sample_rollouts(
     )
     if was_training:
         model.train()
-    P = prompt_ids.shape[1]
-    tokens = out.sequences[:, P:].cpu()
-    mask, finished = response_mask_of(tokens, stops)
-    tokens = torch.where(mask, tokens, torch.full_like(tokens, pad_id))
-    sampler_logp = None
-    if sampler_logps:  # each step's processed scores are logits / temperature: one [rows, vocab] at a time
-        cols = [
-            torch.log_softmax(sc.float(), -1).gather(-1, tokens[:, t : t + 1].to(sc.device)).cpu()
-            for t, sc in enumerate(out.scores)
-        ]
-        sampler_logp = torch.where(mask, torch.cat(cols, 1), torch.zeros(()))
-    texts = [prompt_text(p) for p in prompts for _ in range(s.group_size)]
-    responses = [_decode(tokenizer, t, m, stops) for t, m in zip(tokens, mask)]
-    return RolloutBatch(
-        input_ids=torch.cat([prompt_ids, tokens], 1),
-        attention_mask=torch.cat([prompt_mask, mask.long()], 1),
-        response_mask=mask,
-        prompt_len=P,
-        prompts=texts,
-        responses=responses,
-        finished=finished,
-        scores=torch.zeros(len(rows)),
-        group_size=s.group_size,
-        sampler_logp=sampler_logp,
-    )
+    tokens = out.sequences[:, prompt_ids.shape[1] :].cpu()
+    if not sampler_logps:
+        return tokens, None
+    # each step's processed scores are logits / temperature: one [rows, vocab] at a time
+    cols = [
+        torch.log_softmax(sc.float(), -1).gather(-1, tokens[:, t : t + 1].to(sc.device)).cpu()
+        for t, sc in enumerate(out.scores)
+    ]
+    return tokens, torch.cat(cols, 1)
+
+
+def _vllm_sample(engine, rows, s: RolloutSettings, stops, pad_id, seed, sampler_logps):
+    """vLLM: one seeded request per row, right-padded to the longest response (the rows that stopped early end on a
+    stop token, so the padding falls outside the response mask)."""
+    toks, lps = engine.sample(rows, s.temperature, s.max_new_tokens, stops, seed, logprobs=sampler_logps)
+    T = max(1, max(len(t) for t in toks))
+    tokens = torch.full((len(toks), T), pad_id, dtype=torch.long)
+    logp = torch.zeros(len(toks), T) if sampler_logps else None
+    for i, t in enumerate(toks):
+        tokens[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        if logp is not None:
+            logp[i, : len(t)] = torch.tensor(lps[i], dtype=torch.float32)
+    return tokens, logp
 
 
 def _decode(tokenizer, tokens: torch.Tensor, mask: torch.Tensor, stops: list[int]) -> str:
