@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from transformers import SchedulerType
 
 from alignlab.decoding.registry import DECODING
-from alignlab.judge import BACKENDS
+from alignlab.judge import BACKENDS, RLAIF_METHODS
 from alignlab.judge.http import APIS
+from alignlab.judge.rating import RATING_TEMPLATE_NOTES
 from alignlab.judge.templates import TEMPLATE_NOTES as JUDGE_TEMPLATE_NOTES
 from alignlab.judge.templates import TEMPLATES as JUDGE_TEMPLATES
 from alignlab.losses.registry import LOSSES
@@ -243,7 +244,11 @@ CONFIG_CHOICES["RLConfig"] = {
         {f"task:{s}": f"the embedded task's {s} prompts" for s in SPLITS},
         "or a prompt file: .txt (one per line) or .jsonl (prompt / instruction / messages)",
     ),
-    "reward": reward_choices(with_none=False),
+    "reward": Choices(
+        reward_choices(with_none=False).values,
+        reward_choices(with_none=False).other
+        + "; or judge:<model or endpoint>[:template]: d-RLAIF, the judge's 1-10 rating mapped to [-1, 1]",
+    ),
     **_DTYPE,
     "algo": rl_method_choices(),
     "kl_estimator": fixed(
@@ -285,6 +290,18 @@ CONFIG_CHOICES["LabelConfig"] = {
     "on_bad": CONFIG_CHOICES["TrainConfig"]["on_bad"],
     **_DTYPE,
     "api": Choices(dict(APIS)),
+}
+
+# `alignlab rlaif`: the methods (alignlab.judge.RLAIF_METHODS), the judge's keys shared with `alignlab label`
+CONFIG_CHOICES["RLAIFConfig"] = {
+    "model": model_choices(),
+    "judge": CONFIG_CHOICES["LabelConfig"]["judge"],
+    "template": CONFIG_CHOICES["LabelConfig"]["template"],
+    "rating_template": Choices(
+        dict(RATING_TEMPLATE_NOTES), "or a .json/.yaml file with body ({context}, {response}) and optional ending"
+    ),
+    "methods": Choices(dict(RLAIF_METHODS), "a comma list, e.g. methods=dpo_gold,dpo_judge,d_rlaif"),
+    "eval_split": split_choices(["test", "validation"]),
 }
 
 # `alignlab study`

@@ -114,6 +114,18 @@ COMMANDS = [
         "swap, position consistency, ties, skips and the length baselines (docs/rlaif.md).",
     ),
     Command(
+        "rlaif",
+        "alignlab.recipes.rlaif",
+        "RLAIFConfig",
+        "RLAIF end to end: judge labels vs gold labels, DPO / RM + RLOO / d-RLAIF on the same pairs, one table",
+        "Build the demo's on-policy pairs (ranked by the gold), label them with an AI judge (both orders, soft "
+        "labels), then train on the same prompts and budget: DPO on the gold's and on the judge's labels, a reward "
+        "model on the judge's soft labels + RLOO, d-RLAIF (RLOO with the judge's 1-10 rating as the reward) and "
+        "optionally a reward model on the gold's labels + RLOO. Evaluates every policy and the base on held-out "
+        "prompts with the demo's harness and writes one table, the judge's agreement with the gold's labels and its "
+        "cost (docs/rlaif.md).",
+    ),
+    Command(
         "diagnose",
         "alignlab.recipes.diagnose",
         "DiagnoseConfig",

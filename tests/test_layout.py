@@ -40,6 +40,7 @@ ENTRY_POINTS = {
     "rl",
     "study",
     "label",
+    "rlaif",
 }
 
 

@@ -15,6 +15,7 @@ from alignlab.recipes.generate import GenerateConfig
 from alignlab.recipes.heatmap import HeatmapConfig
 from alignlab.recipes.label import LabelConfig
 from alignlab.recipes.rl import RLConfig
+from alignlab.recipes.rlaif import RLAIFConfig
 from alignlab.recipes.rm import RMConfig
 from alignlab.recipes.score import ScoreConfig
 from alignlab.recipes.study import StudyConfig
@@ -145,6 +146,17 @@ AI-feedback labelling: every pair judged in both orders by a local causal LM or 
 
 """
     + table(LabelConfig)
+    + """
+
+## `alignlab rlaif` (`alignlab.recipes.rlaif.RLAIFConfig`)
+
+RLAIF end to end on the embedded task ([rlaif.md](rlaif.md#rlaif-end-to-end-alignlab-rlaif)): the demo's on-policy
+pairs labelled by the judge, every method of `methods` trained on the same prompts and budget, one table. The RM keys
+are read only with an RM method (`rloo_judge_rm`, `rloo_gold_rm`), the RL keys only with an RL method, and
+`rating_template` only with `d_rlaif`; set otherwise they are an error.
+
+"""
+    + table(RLAIFConfig)
     + """
 
 ## `alignlab diagnose` (`alignlab.recipes.diagnose.DiagnoseConfig`)

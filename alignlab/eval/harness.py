@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from alignlab.data.collate import pad_sequences
+from alignlab.models.lora import reference_mode
 from alignlab.models.scorer import SequenceScorer
 from alignlab.rollout.generate import Generation
 
@@ -73,6 +74,15 @@ def score_generations(
         lp = scorer(ids.to(device), attn.to(device), comp.to(device)).sum.cpu().tolist()
         out[s : s + len(chunk)] = lp
     return out
+
+
+def kl_to_reference(policy, tok, gens: list[Generation], temperature: float) -> list[float]:
+    """Per sample log π − log π_ref on the policy's samples, both scored at ``temperature`` (π_ref: the LoRA
+    policy with its adapter off)."""
+    lp = score_generations(policy, gens, tok.pad_token_id, temperature)
+    with reference_mode(policy):
+        lr = score_generations(policy, gens, tok.pad_token_id, temperature)
+    return [a - b for a, b in zip(lp, lr)]
 
 
 def result_from_generations(

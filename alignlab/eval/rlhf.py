@@ -56,10 +56,11 @@ def write_rlhf_inputs(
     """The pairs (rows of ``alignlab.rollout.onpolicy``) as the RM's train / held-out JSONL, both sides of every
     pair as the RM's normalisation rows (offset and scale from the base policy's own samples), and the prompts."""
     train, held = split_by_prompt(pair_rows, heldout_share, seed)
-    trl = lambda rs: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rs]  # noqa: E731
+    # rows with a soft label (p_chosen: an AI judge's, alignlab rlaif) train on it; the held-out rows keep the gold's
+    trl = lambda rs, keep=(): [{k: r[k] for k in ("prompt", "chosen", "rejected", *keep) if k in r} for r in rs]  # noqa: E731
     both = [{"prompt": r["prompt"], "response": r[side]} for r in pair_rows for side in ("chosen", "rejected")]
     return RLHFInputs(
-        write_jsonl(run_dir / "rm_pairs_train.jsonl", trl(train)),
+        write_jsonl(run_dir / "rm_pairs_train.jsonl", trl(train, ("p_chosen",))),
         write_jsonl(run_dir / "rm_pairs_heldout.jsonl", trl(held)),
         write_jsonl(run_dir / "rm_normalize.jsonl", both),
         write_jsonl(run_dir / "rl_prompts.jsonl", [{"prompt": p} for p in prompts]),

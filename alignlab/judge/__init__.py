@@ -22,6 +22,15 @@ BACKENDS = {
     "http": "an OpenAI-compatible endpoint: completions log-probs, or chat generate-and-parse",
 }
 
+# What `alignlab rlaif` trains on the same pairs, prompts and budget (docs/rlaif.md); the rows of its table.
+RLAIF_METHODS = {
+    "dpo_gold": "DPO on the gold's labels (the demo's DPO: best vs worst sample by the gold)",
+    "dpo_judge": "DPO on the judge's labels (both orders averaged; p > 0.5 keeps the pair, else swapped; ties dropped)",
+    "rloo_judge_rm": "a reward model on the judge's soft labels (ties kept), then RLOO against it (RLAIF)",
+    "d_rlaif": "RLOO with the judge's 1-10 rating of each response as the reward, no reward model (d-RLAIF)",
+    "rloo_gold_rm": "a reward model on the gold's labels, then RLOO against it (the demo's RLHF row; optional)",
+}
+
 
 @dataclass(frozen=True)
 class BackendOptions:

@@ -246,6 +246,21 @@ class HTTPJudge:
 
         return self._with_retries(attempt)
 
+    def next_token_logprobs(self, prompt: str, top_logprobs: int) -> dict[str, float] | Readout:
+        """{token: logprob} of the top tokens after ``prompt`` (completions, temperature 0, retried like a readout);
+        a failure is a Readout with ``error`` set. Used by the d-RLAIF ratings (alignlab.judge.rating)."""
+        payload = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": top_logprobs}
+        got: dict = {}
+
+        def attempt() -> Readout:
+            got["top"] = _top_logprobs(self._call("/completions", payload))
+            if got["top"] is None:
+                raise _Fail("malformed_body", "/completions: no logprobs.top_logprobs in the body")
+            return Readout(0.5)
+
+        r = self._with_retries(attempt)
+        return got["top"] if r.error is None else r
+
     def _generate(self, prompt: str) -> Readout:
         payload = {"model": self.model, "prompt": prompt, "max_tokens": self.s.cot_max_new_tokens, "temperature": 0}
         body = self._call("/completions", payload)

@@ -115,7 +115,7 @@ class HFJudge:
     @torch.no_grad()
     def _last_logits(self, rows: list[list[int]]) -> torch.Tensor:
         """Next-token logits after each row, [B, V] fp32 (left padding, explicit positions)."""
-        ids, attn = _left_pad(rows, self.tok.pad_token_id)
+        ids, attn = left_pad(rows, self.tok.pad_token_id)
         device = next(self.model.parameters()).device
         ids, attn = ids.to(device), attn.to(device)
         out = self.model(
@@ -135,7 +135,7 @@ class HFJudge:
             idx = [i for i in order[s : s + self.batch_size] if len(rows[i]) < self.max_length]
             if not idx:
                 continue
-            ids, attn = _left_pad([rows[i] for i in idx], self.tok.pad_token_id)
+            ids, attn = left_pad([rows[i] for i in idx], self.tok.pad_token_id)
             budget = min(self.cot_max_new_tokens, self.max_length - ids.shape[1])
             gen = self.model.generate(
                 input_ids=ids.to(device),
@@ -169,7 +169,7 @@ def answer_token_ids(tok, ending: str) -> tuple[int, int, str]:
     )
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from alignlab.data.collate import collate_pairs
 from alignlab.data.tokenize import TokenizedPair
@@ -35,10 +36,17 @@ def forward_layout(scorer: SequenceScorer) -> str:
 
 @torch.no_grad()
 def compute_logps(
-    scorer: SequenceScorer, pairs: list[TokenizedPair], indices: list[int], pad_id: int, batch_size: int, device
+    scorer: SequenceScorer,
+    pairs: list[TokenizedPair],
+    indices: list[int],
+    pad_id: int,
+    batch_size: int,
+    device,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """[len(indices), 2] summed (chosen, rejected) log-probs; batches sorted by length to cut padding, packed
-    (prompt once per pair) when the scorer's ``pack_spec`` says so."""
+    (prompt once per pair) when the scorer's ``pack_spec`` says so. ``progress``: a progress bar's label (pairs
+    done, ETA; longest batches first, so the ETA is pessimistic) -- a precompute can take as long as training."""
     order = sorted(
         range(len(indices)),
         key=lambda k: (
@@ -48,6 +56,7 @@ def compute_logps(
     )
     out = torch.zeros(len(indices), 2)
     pack = getattr(scorer, "pack_spec", None)
+    bar = tqdm(total=len(order), desc=progress, unit="pair", dynamic_ncols=True, disable=progress is None)
     for s in range(0, len(order), batch_size):
         ks = order[s : s + batch_size]
         idx = [indices[k] for k in ks]
@@ -56,6 +65,8 @@ def compute_logps(
         lp = scorer(b.input_ids, b.attention_mask, b.completion_mask, **packed).sum.float().cpu()
         n = len(ks)
         out[ks, 0], out[ks, 1] = lp[:n], lp[n:]
+        bar.update(n)
+    bar.close()
     return out
 
 
@@ -74,7 +85,8 @@ def reference_logps(
     scorer.eval()
     table = torch.zeros(len(pairs), 2)
     if mine:
-        table[mine] = compute_logps(scorer, pairs, mine, pad_id, batch_size, accelerator.device)
+        label = "reference log-probs" if accelerator.is_main_process else None
+        table[mine] = compute_logps(scorer, pairs, mine, pad_id, batch_size, accelerator.device, progress=label)
     scorer.train(was_training)
     table = sum_over_ranks(table, accelerator)
     store_atomic(path, {"ref_logps": table}, accelerator)

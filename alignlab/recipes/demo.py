@@ -28,7 +28,8 @@ import torch
 from alignlab.config import reject_unread, save_config
 from alignlab.eval.compare import base_row, breakdown_table, method_row
 from alignlab.eval.decoding_rows import ALL_METHODS, DecodingEvalSettings, merged_copy
-from alignlab.eval.harness import MethodResult, result_from_generations, score_generations, summarize
+from alignlab.eval.demo_notes import demo_notes, dump_generations
+from alignlab.eval.harness import MethodResult, kl_to_reference, result_from_generations, summarize
 from alignlab.eval.report import DECODING_COLUMNS, format_table, text_table, write_report
 from alignlab.eval.rlhf import (
     GUIDES,
@@ -43,7 +44,6 @@ from alignlab.eval.rlhf import (
 from alignlab.losses import LOSSES, get_loss
 from alignlab.losses.rl_registry import RL_ALGOS
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
-from alignlab.models.lora import reference_mode
 from alignlab.recipes.rl import RLConfig, rl
 from alignlab.recipes.rm import RMConfig, RMResult, train_rm
 from alignlab.recipes.train import TrainConfig, train
@@ -148,11 +148,11 @@ class DemoConfig:
         return any(m in RL_ALGOS for m in self.methods) or bool(self.decoding) and self.decoding_guide != "gold"
 
 
-def _texts(prompts) -> list[str]:
+def prompt_texts(prompts) -> list[str]:
     return [p.instruction for p in prompts]
 
 
-class _Clock:
+class Clock:
     def __init__(self):
         self.t0 = time.perf_counter()
         self.parts: dict[str, float] = {}
@@ -162,7 +162,7 @@ class _Clock:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    clock = _Clock()
+    clock = Clock()
     run_dir = Path(cfg.output_dir)
     save_config(cfg, run_dir)
     if cfg.threads > 0:
@@ -176,13 +176,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     clock.add("load", t)
     train_p = balanced(load_task_prompts("train"), cfg.train_prompts)
     eval_p = balanced(load_task_prompts(cfg.eval_split), cfg.eval_prompts)
-    prompts = _texts(eval_p)
+    prompts = prompt_texts(eval_p)
 
     t = time.perf_counter()
     pair_params = SamplingParams(
         cfg.pair_max_new_tokens, cfg.pair_temperature, 1.0, cfg.samples_per_prompt, cfg.gen_batch_size, cfg.seed
     )
-    pairs, pair_rows, prep = build_onpolicy_pairs(model, tok, _texts(train_p), gold, gold.name, fp, pair_params)
+    pairs, pair_rows, prep = build_onpolicy_pairs(model, tok, prompt_texts(train_p), gold, gold.name, fp, pair_params)
     clock.add("pairs", t)
     print(
         f"[demo] on-policy pairs: {prep.pairs} from {prep.prompts} prompts x {cfg.samples_per_prompt} samples "
@@ -198,7 +198,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     base = result_from_generations("base", base_gens, gold, prompts, kl=[0.0] * len(base_gens))
     clock.add("eval", t)
 
-    rlhf = proxy_rm(cfg, run_dir, pair_rows, _texts(train_p), clock) if cfg.needs_proxy else None
+    rlhf = proxy_rm(cfg, run_dir, pair_rows, prompt_texts(train_p), clock) if cfg.needs_proxy else None
     per_seed: dict[str, list[MethodResult]] = {}
     train_info = {}
     aligned = None  # a plain (merged) copy of the first dpo policy: TQ*'s aligned baseline
@@ -206,7 +206,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         for seed in cfg.seeds:
             keep = bool(cfg.decoding) and aligned is None and method == "dpo"
             args = (cfg, method, seed, pairs, prompts, eval_params, gold, clock)
-            res, info, policy = _rl_and_eval(*args, rlhf) if method in RL_ALGOS else _train_and_eval(*args, keep)
+            res, info, policy = rl_and_eval(*args, rlhf) if method in RL_ALGOS else train_and_eval(*args, keep)
             if keep:
                 aligned = policy
             per_seed.setdefault(method, []).append(res)
@@ -222,7 +222,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     drows = None
     if cfg.decoding:
         t = time.perf_counter()
-        dprompts = _texts(balanced(eval_p, cfg.decoding_prompts))
+        dprompts = prompt_texts(balanced(eval_p, cfg.decoding_prompts))
         ds = DecodingEvalSettings(
             len(dprompts), cfg.decoding_subset, cfg.decoding_max_new_tokens, seed=cfg.seed, methods=tuple(cfg.decoding)
         )
@@ -234,7 +234,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         png = write_curves(run_dir, rlhf.curves)[1] if rlhf.curves else None
         sections.append(rlhf_section(rlhf.inputs, rlhf.rm.evals, rlhf.rm.metrics, rlhf.curves, png))
     clock.parts["total"] = time.perf_counter() - clock.t0
-    notes = _notes(cfg, prep, rows, train_info, clock.parts)
+    notes = demo_notes(cfg, prep, rows, train_info, clock.parts)
     samples = [
         {"prompt": eval_p[i].instruction, "base": base.texts[i]} | {m: r[0].texts[i] for m, r in per_seed.items()}
         for i in range(min(3, n))
@@ -252,7 +252,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     (run_dir / "results_per_seed.json").write_text(json.dumps(seed_rows, indent=2))
     (run_dir / "timings.json").write_text(json.dumps(clock.parts, indent=2))
-    _dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
+    dump_generations(run_dir, eval_p, base, *[r for rs in per_seed.values() for r in rs])
     print()
     print(format_table(rows))
     print()
@@ -284,8 +284,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     }
 
 
-def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eval_params, gold, clock, keep=False):
-    """Train one method/seed and evaluate it. keep=True also returns a merged plain copy of the policy."""
+def train_and_eval(cfg, method: str, seed: int, pairs, prompts, eval_params, gold, clock, keep=False, tag=""):
+    """Train one method/seed and evaluate it. keep=True also returns a merged plain copy of the policy. ``tag``
+    names the run (its directory and row; default: the method)."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)  # a fresh base per run (LoRA wraps it in place)
     treg_keys = ("alpha", "treg_template", "treg_tau")  # only the T-REG losses read them
@@ -304,7 +305,7 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
         lora_top_layers=cfg.lora_top_layers,
         gradient_checkpointing=False,
         seed=seed,
-        output_dir=str(Path(cfg.output_dir) / f"train_{method}_seed{seed}"),
+        output_dir=str(Path(cfg.output_dir) / f"train_{tag or method}_seed{seed}"),
         report_to="tensorboard",
         max_length=512,
         max_prompt_length=256,
@@ -313,7 +314,7 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     result = train(tcfg, model=model, tokenizer=tok, pairs=pairs)
     clock.add(f"train_{method}", t)
     policy = result.model
-    res = _evaluate(cfg, f"{method} s{seed}", policy, tok, prompts, eval_params, gold, clock)
+    res = evaluate(cfg, f"{tag or method} s{seed}", policy, tok, prompts, eval_params, gold, clock)
     last = result.metrics[-1]
     info = {
         "steps": result.steps,
@@ -324,17 +325,18 @@ def _train_and_eval(cfg: DemoConfig, method: str, seed: int, pairs, prompts, eva
     return res, info, (merged_copy(policy) if keep else None)
 
 
-def _evaluate(cfg: DemoConfig, name: str, policy, tok, prompts, eval_params, gold, clock) -> MethodResult:
+def evaluate(cfg: DemoConfig, name: str, policy, tok, prompts, eval_params, gold, clock) -> MethodResult:
     """Every trained policy the same way: one sample per eval prompt, the gold, KL at T = 1 on its own samples."""
     t = time.perf_counter()
     policy.eval()
     fp = model_fingerprint(policy)
     gens = cached_generate(policy, tok, prompts, eval_params, fp, progress=f"eval {name}")
-    res = result_from_generations(name, gens, gold, prompts, kl=_kl(policy, tok, gens, cfg.eval_temperature))
+    kl = kl_to_reference(policy, tok, gens, cfg.eval_temperature)
+    res = result_from_generations(name, gens, gold, prompts, kl=kl)
     if cfg.eval_temperature != 1.0:  # the headline KL is at T = 1 on the policy's own T = 1 samples
         t1_params = dataclasses.replace(eval_params, temperature=1.0)
         t1 = cached_generate(policy, tok, prompts, t1_params, fp, progress=f"T=1 samples {name}")
-        res.extra["kl_t1"] = _kl(policy, tok, t1, 1.0)
+        res.extra["kl_t1"] = kl_to_reference(policy, tok, t1, 1.0)
     clock.add("eval", t)
     return res
 
@@ -348,11 +350,14 @@ class ProxyRM:
     curves: dict[str, list[dict]] = field(default_factory=dict)
 
 
-def proxy_rm(cfg, run_dir: Path, pair_rows: list[dict], train_prompts: list[str], clock) -> ProxyRM:
+def proxy_rm(cfg, run_dir: Path, pair_rows: list[dict], train_prompts: list[str], clock, name: str = "rm") -> ProxyRM:
     """`alignlab rm` on the gold-labelled pairs (a share of their prompts held out as its eval_data), normalised on
     both sides of every pair (the base policy's samples); LoRA as for the policies."""
     t = time.perf_counter()
-    inputs = write_rlhf_inputs(run_dir, pair_rows, train_prompts, cfg.rm_heldout, cfg.seed)
+    # another RM (``name``) gets its own directory for its files; rows with ``p_chosen`` train it on soft labels
+    inputs = write_rlhf_inputs(
+        run_dir / name if name != "rm" else run_dir, pair_rows, train_prompts, cfg.rm_heldout, cfg.seed
+    )
     rcfg = RMConfig(
         model=cfg.model,
         data=str(inputs.rm_train),
@@ -368,7 +373,7 @@ def proxy_rm(cfg, run_dir: Path, pair_rows: list[dict], train_prompts: list[str]
         gradient_checkpointing=False,
         seed=cfg.seed,
         normalize_on=str(inputs.rm_normalize),
-        output_dir=str(run_dir / "rm"),
+        output_dir=str(run_dir / name),
         report_to=["none"],
         cpu=True,
     )
@@ -377,15 +382,18 @@ def proxy_rm(cfg, run_dir: Path, pair_rows: list[dict], train_prompts: list[str]
     return ProxyRM(inputs, rm)
 
 
-def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_params, gold, clock, proxy: ProxyRM):
-    """`alignlab rl` against the proxy RM on the pairs' train prompts (the gold tracked per step; the run's curve
-    goes to ``proxy.curves``), then evaluated exactly like the offline methods."""
+def rl_and_eval(
+    cfg, algo: str, seed: int, pairs, prompts, eval_params, gold, clock, proxy: ProxyRM, reward=None, tag=""
+):
+    """`alignlab rl` against the proxy RM -- or ``reward``, any reward object named by its ``name`` (d-RLAIF: the
+    judge's rating) -- on the pairs' train prompts (the gold tracked per step; the run's curve goes to
+    ``proxy.curves``), then evaluated exactly like the offline methods. ``tag`` names the run (default: algo)."""
     t = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)
     rcfg = RLConfig(
         model=cfg.model,
         prompts=str(proxy.inputs.prompts),
-        reward=str(proxy.rm.final_dir),
+        reward=reward.name if reward is not None else str(proxy.rm.final_dir),
         track_gold=True,
         algo=algo,
         prompts_per_step=cfg.rl_prompts_per_step,
@@ -397,98 +405,20 @@ def _rl_and_eval(cfg: DemoConfig, algo: str, seed: int, pairs, prompts, eval_par
         learning_rate=cfg.rl_learning_rate,
         max_steps=cfg.rl_steps,
         seed=seed,
-        output_dir=str(Path(cfg.output_dir) / f"rl_{algo}_seed{seed}"),
+        output_dir=str(Path(cfg.output_dir) / f"rl_{tag or algo}_seed{seed}"),
         report_to=["none"],
         cpu=True,
     )
-    result = rl(rcfg, model=model, tokenizer=tok)
+    result = rl(rcfg, model=model, tokenizer=tok, reward=reward)
     clock.add(f"train_{algo}", t)
-    proxy.curves[f"{algo} s{seed}"] = curve = rl_curve(result.metrics)
+    proxy.curves[f"{tag or algo} s{seed}"] = curve = rl_curve(result.metrics)
     info = {
         "steps": result.steps,
         "final_proxy": curve[-1]["proxy"],
         "final_gold": curve[-1]["gold"],
         "final_kl_init": curve[-1]["kl"],
     }
-    return _evaluate(cfg, f"{algo} s{seed}", result.model, tok, prompts, eval_params, gold, clock), info, None
-
-
-def _kl(policy, tok, gens, temperature: float) -> list[float]:
-    """Per sample log π − log π_ref on the policy's samples, both scored at ``temperature``."""
-    lp = score_generations(policy, gens, tok.pad_token_id, temperature)
-    with reference_mode(policy):
-        lr = score_generations(policy, gens, tok.pad_token_id, temperature)
-    return [a - b for a, b in zip(lp, lr)]
-
-
-def _notes(cfg: DemoConfig, prep, rows, train_info, timings) -> list[str]:
-    notes = [
-        f"{rows[0]['n_prompts']} {cfg.eval_split} prompts (balanced over categories), one sample each at "
-        f"temperature {cfg.eval_temperature} (sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new "
-        f"tokens; base cut by the budget: {100 * rows[0]['cut']:.0f}%; training seeds {cfg.seeds}"
-    ]
-    for r in rows[1:]:
-        seeds = (
-            "seed and prompt variance (two-level bootstrap)"
-            if r["seed_variance_included"]
-            else "prompt variance only: ONE seed, seed variance not included"
-        )
-        verdict = "exceeds" if r["exceeds_2se"] else "does NOT exceed"
-        notes.append(
-            f"{r['method']}: Δgold vs base = {r['diff']:+.4f} ± {r['diff_se']:.4f} (95% CI "
-            f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]; {seeds}) -> {verdict} 2 s.e.; largest "
-            f"term: {r.get('breakdown_dominant', '-')}; win rate {r['win_rate']:.3f} ± {r['win_se']:.3f}; "
-            f"cut by the budget {100 * r['cut']:.0f}%"
-        )
-    notes += [
-        f"pairs: {prep.pairs} on-policy pairs ({cfg.samples_per_prompt} samples/prompt at T={cfg.pair_temperature}, "
-        f"max {cfg.pair_max_new_tokens} new tokens, best vs worst by the gold), {prep.dropped_ties} tie "
-        f"prompts dropped; {'cached' if prep.cache_hit else 'built'} at {prep.path}",
-    ]
-    offline = {k: v for k, v in train_info.items() if "final_loss" in v}
-    online = {k: v for k, v in train_info.items() if "final_proxy" in v}
-    lora = f"LoRA r={cfg.lora_r} on the top {cfg.lora_top_layers} blocks"
-    if offline:
-        notes.append(
-            f"training (same pairs and budget for every method): {lora}, lr {cfg.learning_rate}, beta {cfg.beta}, "
-            f"{cfg.epochs} epochs; "
-            + "; ".join(f"{k}: {v['steps']} steps, final loss {v['final_loss']:.3f}" for k, v in offline.items())
-        )
-    if online:
-        notes.append(
-            f"RL (`alignlab rl` against the proxy RM, on the pairs' {cfg.train_prompts} train prompts): {lora}, lr "
-            f"{cfg.rl_learning_rate}, {cfg.rl_steps} steps of {cfg.rl_prompts_per_step} prompts x the algorithm's "
-            f"group size, max {cfg.rl_max_new_tokens} new tokens, TRL's defaults otherwise (KL coefficient 0.05; "
-            "ppo samples at T = 0.7, 4 epochs; rloo at T = 1, 2 samples per prompt); last step: "
-            + "; ".join(
-                f"{k}: proxy {v['final_proxy']:+.3f}, gold {v['final_gold']:.3f}, KL to init {v['final_kl_init']:.2f}"
-                for k, v in online.items()
-            )
-        )
-    notes += [
-        "KL(π‖π_ref): nats per response (and per token), log π − log π_ref summed over the policy's own samples, "
-        "both at T = 1 (samples drawn at T = 1, the budget truncates both distributions); base is π_ref itself",
-        "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
-    ]
-    return notes
-
-
-def _dump_generations(run_dir: Path, prompts, *results: MethodResult) -> None:
-    with open(run_dir / "generations.jsonl", "w") as fh:
-        for res in results:
-            for j, text in enumerate(res.texts):
-                fh.write(
-                    json.dumps(
-                        {
-                            "method": res.name,
-                            "prompt_id": prompts[j].id,
-                            "text": text,
-                            "gold": res.gold[j],
-                            "finished": res.finished[j],
-                        }
-                    )
-                    + "\n"
-                )
+    return evaluate(cfg, f"{tag or algo} s{seed}", result.model, tok, prompts, eval_params, gold, clock), info, None
 
 
 def main(cfg: DemoConfig) -> None:

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from alignlab.config import ConfigError, reject_unread, save_config
+from alignlab.judge.rating import parse_judge_spec
 from alignlab.losses.rl import adaptive_kl_coef
 from alignlab.losses.rl_registry import RL_ALGOS, RL_KEYS
 from alignlab.models.scorer import SequenceScorer
@@ -66,7 +67,7 @@ class RLConfig:
     model: str = "smollm2-135m-instruct"  # hub id, local path, or built-in alias
     prompts: str = "task:train"  # task:<split> (the embedded task's prompts) or a prompt file (.txt/.jsonl)
     limit: int | None = None  # use at most this many prompts
-    reward: str = "gold"  # gold | gold-v1 | gold-v2 | a reward-model directory (alignlab rm) or hub id
+    reward: str = "gold"  # gold | gold-v1 | gold-v2 | a reward-model directory or hub id | judge:<model>[:template]
     track_gold: bool = True  # also log the gold reward of every rollout when `reward` is not the gold
     trust_remote_code: bool = False
     dtype: str = "float32"
@@ -159,6 +160,8 @@ class RLConfig:
             raise ConfigError("adaptive KL needs kl_target > 0, kl_horizon >= 1 and a KL coefficient > 0 to adapt")
         if self.reward.startswith("gold"):
             reject_unread(self, ["track_gold"], "the reward is the gold already")
+        if self.reward.startswith("judge:"):  # d-RLAIF: a bad spec fails here, before any model loads
+            parse_judge_spec(self.reward)
         active_trackers(self.report_to)
 
     def settings(self) -> rl_step.RLSettings:

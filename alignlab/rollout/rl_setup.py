@@ -151,8 +151,12 @@ def load_value_model(cfg, policy=None):
 
 
 def reward_for(spec: str):
-    """A text-in reward: gold / gold-vN, or a reward-model directory or hub id (its stored normalisation
-    applied)."""
+    """A text-in reward: gold / gold-vN, a reward-model directory or hub id (its stored normalisation applied), or
+    ``judge:<model or endpoint>[:template]``: the judge's 1-10 rating mapped to [-1, 1] (d-RLAIF, docs/rlaif.md)."""
+    if spec.startswith("judge:"):
+        from alignlab.judge.rating import judge_reward
+
+        return judge_reward(spec)
     reward = load_reward(spec)
     if reward is None:
         raise ValueError("reward: none given (gold, gold-v2, or a reward-model directory)")
