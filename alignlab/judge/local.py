@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from alignlab.data.collate import left_pad
 from alignlab.judge.templates import JudgeTemplate, JudgeTemplateError
 from alignlab.judge.types import Readout
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
@@ -167,13 +168,3 @@ def answer_token_ids(tok, ending: str) -> tuple[int, int, str]:
         f"judge template ending {ending!r}: neither '1'/'2' nor ' 1'/' 2' is one token after it with this "
         f"tokenizer ({type(tok).__name__}); end the template with another character, e.g. '='"
     )
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        attn[i, width - len(r) :] = 1
-    return ids, attn

@@ -218,7 +218,7 @@ class HFRater:
     @torch.no_grad()
     def _logits(self, rows: list[list[int]]) -> torch.Tensor:
         """Logits of the last two positions of each row, [B, 2, V] (left padding, explicit positions)."""
-        from alignlab.judge.local import left_pad
+        from alignlab.data.collate import left_pad
 
         j = self.judge
         ids, attn = left_pad(rows, j.tok.pad_token_id)
