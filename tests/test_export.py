@@ -71,6 +71,15 @@ def test_lora_run_exports_merged_model_with_card(tmp_path):
     assert main(["export", str(res.run_dir), f"output_dir={out}"]) == 0  # an earlier export is replaced
 
 
+def test_final_dir_carries_the_runs_card_not_peft_template(tmp_path):
+    _, res = _train(tmp_path, lora=True)
+    card = (res.final_dir / "README.md").read_text()
+    final = last_metrics(res.run_dir / "metrics.jsonl")
+    assert "More Information Needed" not in card  # peft's template is replaced
+    assert "Written by `alignlab train`" in card and "`dpo`" in card
+    assert f"| `loss` | {fmt(final['loss'])} |" in card and "## Training config (config.yaml)" in card
+
+
 def test_full_run_is_copied_and_dtype_can_change(tmp_path):
     _, res = _train(tmp_path, lora=False)
     assert main(["export", str(res.run_dir)]) == 0  # default output_dir: RUN/export

@@ -82,6 +82,9 @@ def test_eval_rows_step0_best_and_report(tmp_path):
     assert (best["best_step"], best["best_eval_loss"]) == (low["step"], low["eval_loss"])
     assert best["checkpoint"] == str(run / "checkpoints" / f"step_{low['step']}")
     assert f"Best: step {low['step']}" in (run / "report.md").read_text()
+    card = (run / "final" / "README.md").read_text()  # the model card quotes the held-out numbers
+    assert f"| `eval_rewards/accuracies` | {rows[-1]['eval_rewards/accuracies']:.6g} |" in card
+    assert f"Best: step {low['step']}" in card
     report = json.loads((run / "data_report.json").read_text())["eval"]
     assert report["load"]["read"] == 9 and report["load"]["skipped"] == {"identical_pair": 9 - report["load"]["kept"]}
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5]  # training rows only

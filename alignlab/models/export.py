@@ -228,8 +228,20 @@ def _demoted(report: str) -> str:
     return "\n".join("#" + ln if ln.startswith("#") else ln for ln in report.strip().splitlines())
 
 
-def model_card(run: RunInfo, kind: str, dtype: str) -> str:
-    """README.md of an export: what it is, how to load it, the final metrics, the run's report and config."""
+def write_final_card(run_dir: str | Path) -> Path:
+    """Replace the generic card that ``save_pretrained`` leaves in ``RUN/final`` (peft's template) with this run's:
+    config, data, final training and held-out metrics, report. Called by `alignlab train` once report.md exists."""
+    run = read_run(run_dir)
+    kind = "adapter" if run.adapter else "full"
+    origin = f"Written by `alignlab train` into `{run.final_dir}`; `alignlab export {run.run_dir}` merges an adapter."
+    path = run.final_dir / "README.md"
+    path.write_text(model_card(run, kind, str(run.config.get("dtype", "float32")), origin))
+    return path
+
+
+def model_card(run: RunInfo, kind: str, dtype: str, origin: str = "") -> str:
+    """README.md of an export (or of RUN/final): what it is, how to load it, the final metrics, the report and
+    config. ``origin``: the sentence saying where the directory came from (default: `alignlab export`)."""
     c = run.config
     title = f"# {run.run_dir.resolve().name}: {c.get('loss', 'preference')}-aligned `{c.get('model', '')}`"
     cls, lib = ("AutoPeftModelForCausalLM", "peft") if kind == "adapter" else ("AutoModelForCausalLM", "transformers")
@@ -237,7 +249,7 @@ def model_card(run: RunInfo, kind: str, dtype: str) -> str:
         _front_matter(run, kind),
         title,
         "",
-        f"Exported by `alignlab export` from the training run `{run.run_dir}`.",
+        origin or f"Exported by `alignlab export` from the training run `{run.run_dir}`.",
         "",
         *_summary_table(run, kind, dtype),
         "",

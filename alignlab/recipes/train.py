@@ -31,6 +31,7 @@ from alignlab.eval.diagnose import diagnose
 from alignlab.eval.treg_diagnostics import format_diagnostics, token_reward_diagnostics
 from alignlab.losses import LOSS_KEYS, LOSSES, get_loss
 from alignlab.losses.treg import DEFAULT_ALPHA, WEIGHTINGS
+from alignlab.models.export import write_final_card
 from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
 from alignlab.models.lora import apply_lora
 from alignlab.models.scorer import PACKING, SequenceScorer
@@ -370,6 +371,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         tokenizer.save_pretrained(final_dir)
     if is_main:
         _write_report(cfg, run_dir, bool(history), eval_set is not None)
+        if last_step == total_steps:
+            write_final_card(run_dir)  # after report.md: the card quotes it
     accelerator.wait_for_everyone()
     accelerator.end_training()
     trained = accelerator.unwrap_model(scorer).model
