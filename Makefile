@@ -40,7 +40,7 @@ demo-treg: setup
 # decoding-time methods beside the trained DPO policy
 demo-decoding: setup
 	$(BIN)/alignlab demo decoding=greedy,sample,best-of-n,args,cd,tq-direct,tq-indirect,linear output_dir=runs/demo_decoding
-# the RLHF loop (about 30 min): a proxy reward model on the gold-labelled pairs, RLOO and PPO against it (proxy and
+# the RLHF loop (37.5 min measured): a proxy reward model on the gold-labelled pairs, RLOO and PPO against it (proxy and
 # gold per RL step), evaluated beside DPO on the same pairs; RL settings: DemoConfig's rl_* / rm_* keys
 demo-rlhf: setup
 	$(BIN)/alignlab demo methods=dpo,rloo,ppo output_dir=runs/demo_rlhf
