@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 
 from alignlab.config import ConfigError
+from alignlab.data.collate import left_pad
 from alignlab.judge.cache import JudgeCache
 from alignlab.judge.protocol import text_hash
 from alignlab.judge.templates import JudgeTemplateError, render_context, render_response
@@ -218,8 +219,6 @@ class HFRater:
     @torch.no_grad()
     def _logits(self, rows: list[list[int]]) -> torch.Tensor:
         """Logits of the last two positions of each row, [B, 2, V] (left padding, explicit positions)."""
-        from alignlab.data.collate import left_pad
-
         j = self.judge
         ids, attn = left_pad(rows, j.tok.pad_token_id)
         device = next(j.model.parameters()).device
