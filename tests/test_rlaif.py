@@ -91,3 +91,32 @@ def test_rlaif_config_contract():
     cfg = build_config(RLAIFConfig, None, ["methods=dpo_gold,d_rlaif,rloo_gold_rm", "rating_template=detailed"])
     assert cfg.rating_spec == "judge:smollm2-135m-instruct:detailed"
     assert cli(["rlaif", "rl_steps=3", "methods=dpo_gold"]) == 2  # one line on stderr, exit code 2
+
+
+def test_rlaif_judge_leaving_too_few_pairs_is_a_reported_skip(tmp_path):
+    """A judge whose labels are (nearly) all ties leaves DPO nothing to train on: the row is skipped with its reason in
+    the report and metrics.json, and the rest of the table still runs (the built-in 135M judge does this on the
+    embedded pairs: 46 of 48 ties, docs/rlaif.md)."""
+    cfg = RLAIFConfig(
+        model=str(save_tiny(tmp_path / "policy")),
+        judge=str(save_tiny(tmp_path / "judge", seed=5)),
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "judge_cache"),
+        tie_threshold=0.49,  # every pair of the random judge (p close to 0.5) is a tie
+        train_prompts=4,
+        samples_per_prompt=2,
+        pair_max_new_tokens=4,
+        methods=["dpo_judge"],
+        per_device_batch_size=2,
+        eval_prompts=2,
+        eval_max_new_tokens=4,
+        n_boot=20,
+    )
+    out = run_rlaif(cfg)
+    assert [r["method"] for r in out["rows"]] == ["base"]
+    assert out["label_counts"]["ties_dropped"] == out["agreement"]["pairs"] >= 1
+    why = out["train"]["dpo_judge/skipped"]["skipped"]
+    assert why.startswith("not trained: the judge left 0 of") and "ties_dropped" in why
+    assert f"{LABELS['dpo_judge']}: not trained" in (tmp_path / "run" / "report.md").read_text()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["dpo_judge/skipped"]["skipped"] == why

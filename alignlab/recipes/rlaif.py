@@ -193,11 +193,14 @@ def run_rlaif(cfg: RLAIFConfig) -> dict:
     labels = label_pairs(cfg, backend, pair_rows)
     clock.parts["judge_labels"] = labels.seconds
     judge_pairs, labels.counts = judge_dpo_pairs(pairs, labels)
+    skipped: dict[str, str] = {}  # method -> why it was not trained: a reported decision, not a crash mid-table
     if "dpo_judge" in cfg.methods and len(judge_pairs) < cfg.per_device_batch_size:
-        raise ConfigError(
-            f"dpo_judge: the judge left {len(judge_pairs)} of {len(pairs)} pairs after dropping ties ({labels.counts}),"
-            f" fewer than one batch ({cfg.per_device_batch_size}); lower tie_threshold or use more train_prompts"
+        skipped["dpo_judge"] = (
+            f"not trained: the judge left {len(judge_pairs)} of {len(pairs)} pairs after dropping ties "
+            f"({labels.counts}), fewer than one batch ({cfg.per_device_batch_size}); lower tie_threshold or use a "
+            "better judge"
         )
+        print(f"[rlaif] {LABELS['dpo_judge']}: {skipped['dpo_judge']}")
     print(f"[rlaif] judge labels: agreement with the gold {labels.agreement['agreement']}; {labels.counts}")
 
     # 3. the base, then every method on the same prompts and budget, evaluated the same way
@@ -218,7 +221,7 @@ def run_rlaif(cfg: RLAIFConfig) -> dict:
     direct = ProxyRM(rl_inputs, None)  # d-RLAIF: no reward model; the RL prompts and the curve
     args = (prompts, eval_params, gold, clock)
     results, info = {}, {}
-    for method in cfg.methods:
+    for method in (m for m in cfg.methods if m not in skipped):
         for seed in cfg.seeds:
             if method == "dpo_gold":
                 res, i, _ = train_and_eval(cfg, "dpo", seed, pairs, *args, tag=method)
@@ -230,6 +233,7 @@ def run_rlaif(cfg: RLAIFConfig) -> dict:
                 res, i, _ = rl_and_eval(cfg, "rloo", seed, pairs, *args, rms[method], tag=method)
             results.setdefault(method, []).append(res)
             info[f"{method}/seed{seed}"] = i
+    info |= {f"{m}/skipped": {"skipped": why} for m, why in skipped.items()}
     return _finish(cfg, run_dir, clock, base, results, info, labels, rating, rms, direct, prep, eval_p, gold.name)
 
 
@@ -304,7 +308,9 @@ def _notes(cfg: RLAIFConfig, prep, rows, info, gold_name: str) -> list[str]:
             f"{r['method']}: Δgold {r['diff']:+.4f} ± {r['diff_se']:.4f} (s.e. over {seeds}) -> {verdict} 2 s.e.; "
             f"win rate {r['win_rate']:.3f}; largest term {r.get('breakdown_dominant', '-')}"
         )
-    notes.append("training: " + "; ".join(f"{k}: {v.get('steps')} steps" for k, v in info.items()))
+    trained = {k: v for k, v in info.items() if "skipped" not in v}
+    notes.append("training: " + "; ".join(f"{k}: {v.get('steps')} steps" for k, v in trained.items()))
+    notes += [f"{LABELS[k.split('/')[0]]}: {v['skipped']}" for k, v in info.items() if "skipped" in v]
     return notes
 
 
