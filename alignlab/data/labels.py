@@ -13,7 +13,7 @@ Mixed presence: within one input (a file, a row range of it, or a dataset split)
 field or none does. Anything else is a ``DataError`` naming the first kept row without it and the first with it
 (a missing soft label cannot be defaulted to 1 or 0.5 without changing what the data says).
 
-Hard labels from soft ones (spec §5.2, for losses without a soft form): ``harden`` keeps a pair when p > 0.5,
+Hard labels from soft ones (the RLAIF protocol, for losses without a soft form): ``harden`` keeps a pair when p > 0.5,
 swaps chosen and rejected when p < 0.5, and drops it as a tie when |p − 0.5| < 0.05. As a command::
 
     python -m alignlab.data.labels IN.jsonl OUT.jsonl
@@ -32,7 +32,7 @@ from alignlab.data.types import PreferenceRecord
 P_CHOSEN = "p_chosen"
 MARGIN = "margin"
 LABEL_FIELDS = (P_CHOSEN, MARGIN)
-TIE_BAND = 0.05  # |p - 0.5| < TIE_BAND is a tie (spec §5.2)
+TIE_BAND = 0.05  # |p - 0.5| < TIE_BAND is a tie (the RLAIF protocol; docs/rlaif.md)
 _ROUNDING = 1e-9  # so that 0.45 and 0.55 are both outside the band despite binary rounding
 
 
@@ -75,7 +75,7 @@ def check_presence(records: list[PreferenceRecord], spec: str) -> None:
 
 
 def hard_label(p: float) -> int | None:
-    """1 (chosen is better), 0 (rejected is better) or None (a tie, |p − 0.5| < 0.05): spec §5.2's 1[p > 0.5]."""
+    """1 (chosen is better), 0 (rejected is better) or None (a tie, |p − 0.5| < 0.05): 1[p > 0.5] (RLAIF)."""
     if abs(p - 0.5) < TIE_BAND - _ROUNDING:
         return None
     return int(p > 0.5)

@@ -23,7 +23,7 @@ class JudgeLabels:
 
 
 def judge_dpo_pairs(pairs: list[TokenizedPair], labels: JudgeLabels) -> tuple[list[TokenizedPair], dict]:
-    """DPO pairs on the judge's hard labels (spec §5.2): kept when p > 0.5, chosen and rejected swapped when
+    """DPO pairs on the judge's hard labels (docs/rlaif.md): kept when p > 0.5, chosen and rejected swapped when
     p < 0.5, dropped when a tie (|p - 0.5| < tie_threshold) or skipped. Returns (pairs, counts)."""
     out, counts = [], {"kept": 0, "swapped": 0, "ties_dropped": 0, "skipped": 0}
     for pair, v in zip(pairs, labels.verdicts):
@@ -43,7 +43,7 @@ def judge_dpo_pairs(pairs: list[TokenizedPair], labels: JudgeLabels) -> tuple[li
 
 
 def judge_rm_rows(pair_rows: list[dict], labels: JudgeLabels) -> list[dict]:
-    """The pairs' rows with the judge's soft label ``p_chosen`` (P(chosen better), ties kept: spec §5.2); pairs the
+    """The pairs' rows with the judge's soft label ``p_chosen`` (P(chosen better), ties kept: docs/rlaif.md); pairs the
     judge could not label are left out."""
     return [r | {"p_chosen": v.p} for r, v in zip(pair_rows, labels.verdicts) if not v.skip]
 
@@ -73,7 +73,7 @@ def agreement_section(labels: JudgeLabels, judge: str, template: str, tie_thresh
         f"{a['pairs']} pairs labelled, {a['skipped']} skipped; ± one binomial standard error",
         f"DPO on the judge's labels: {c.get('kept', 0)} pairs as ranked by the gold, {c.get('swapped', 0)} swapped "
         f"(the judge prefers the gold's rejected), {c.get('ties_dropped', 0)} ties dropped; the judge's reward model "
-        "trains on the soft labels of every labelled pair, ties included (spec §5.2)",
+        "trains on the soft labels of every labelled pair, ties included (docs/rlaif.md)",
     ]
     return Section(
         "The judge against the gold's labels (training pairs)", notes, (["quantity", "value", "pairs"], body)

@@ -130,7 +130,7 @@ def normalised(e: float) -> float:
 
 
 def reward_from_normalised(x: float) -> float:
-    """x in [0, 1] -> the reward in [-1, 1] (spec §5.2: the judge's normalised score affine-mapped)."""
+    """x in [0, 1] -> the reward in [-1, 1] (d-RLAIF, docs/rlaif.md: the judge's normalised score affine-mapped)."""
     return 2.0 * x - 1.0
 
 
