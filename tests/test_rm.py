@@ -28,7 +28,7 @@ from alignlab.training.step import NonFiniteLossError
 T = torch.tensor
 
 
-# ---------------------------------------------------------------- loss and metrics (spec §7 items 1-2)
+# ---------------------------------------------------------------- loss and metrics (reward_models.md: loss and metrics)
 
 
 def test_bradley_terry_values():
@@ -70,7 +70,7 @@ def test_length_baseline_ties_count_wrong():
     assert length_baseline_accuracy(pairs, "shorter") == pytest.approx(1 / 3)  # the tie is wrong for both
 
 
-# ---------------------------------------------------------------- pooling (spec §7 item 3)
+# ---------------------------------------------------------------- pooling (reward_models.md: pooling)
 
 
 @pytest.fixture(scope="module")
