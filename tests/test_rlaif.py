@@ -13,27 +13,35 @@ from alignlab.judge import RLAIF_METHODS
 from alignlab.recipes.rlaif import LABELS, RLAIFConfig, run_rlaif
 
 
-def test_rlaif_tiny_end_to_end(tmp_path):
-    cfg = RLAIFConfig(
+def _tiny_cfg(tmp_path, **overrides) -> RLAIFConfig:
+    """Tiny random policy and judge (a different seed), a few prompts and tokens: the whole table in seconds."""
+    base = dict(
         model=str(save_tiny(tmp_path / "policy")),
         judge=str(save_tiny(tmp_path / "judge", seed=5)),
         output_dir=str(tmp_path / "run"),
         cache_dir=str(tmp_path / "judge_cache"),
-        tie_threshold=0.0,  # the random judge is close to 50/50 on every pair: no pair may be dropped as a tie
-        train_prompts=6,
         samples_per_prompt=2,
-        pair_max_new_tokens=6,
-        methods=list(RLAIF_METHODS),
         epochs=1,
-        per_device_batch_size=4,
         lora_top_layers=1,
         rm_epochs=1,
+        n_boot=50,
+    )
+    return RLAIFConfig(**(base | overrides))
+
+
+def test_rlaif_tiny_end_to_end(tmp_path):
+    cfg = _tiny_cfg(
+        tmp_path,
+        tie_threshold=0.0,  # the random judge is close to 50/50 on every pair: no pair may be dropped as a tie
+        train_prompts=6,
+        pair_max_new_tokens=6,
+        methods=list(RLAIF_METHODS),
+        per_device_batch_size=4,
         rl_steps=2,
         rl_prompts_per_step=2,
         rl_max_new_tokens=4,
         eval_prompts=4,
         eval_max_new_tokens=6,
-        n_boot=50,
     )
     out = run_rlaif(cfg)
     rows = out["rows"]
@@ -97,20 +105,15 @@ def test_rlaif_judge_leaving_too_few_pairs_is_a_reported_skip(tmp_path):
     """A judge whose labels are (nearly) all ties leaves DPO nothing to train on: the row is skipped with its reason in
     the report and metrics.json, and the rest of the table still runs (the built-in 135M judge does this on the
     embedded pairs: 46 of 48 ties, docs/rlaif.md)."""
-    cfg = RLAIFConfig(
-        model=str(save_tiny(tmp_path / "policy")),
-        judge=str(save_tiny(tmp_path / "judge", seed=5)),
-        output_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "judge_cache"),
+    cfg = _tiny_cfg(
+        tmp_path,
         tie_threshold=0.49,  # every pair of the random judge (p close to 0.5) is a tie
         train_prompts=4,
-        samples_per_prompt=2,
         pair_max_new_tokens=4,
         methods=["dpo_judge"],
         per_device_batch_size=2,
         eval_prompts=2,
         eval_max_new_tokens=4,
-        n_boot=20,
     )
     out = run_rlaif(cfg)
     assert [r["method"] for r in out["rows"]] == ["base"]
