@@ -162,8 +162,13 @@ def grads(model, loss) -> torch.Tensor:
 
 
 def close_grads(ours, theirs):
-    assert theirs.abs().max() > 0
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6 * float(theirs.abs().max()))
+    """Every gradient element is an fp32 sum over the batch's tokens and hidden units (hundreds of terms), and the
+    two graphs (ours, TRL's) pad and reduce in different orders: rounding differences up to ~1e-5 of the largest
+    gradient are expected (seen: 1.3e-6 with max 0.75). A real mismatch (a sign, a missing term, a normalisation)
+    moves elements by a sizeable share of the maximum, far above this bound."""
+    scale = float(theirs.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_trl_version_pinned():
