@@ -125,13 +125,11 @@ def test_demo_rl_keys_need_an_rl_method():
         build_config(DemoConfig, None, ["methods=dpo,reinforce"])
 
 
-def test_demo_tiny_proxy_guided_decoding(tmp_path):
-    """decoding_guide=both: the proxy RM is trained on the pairs (no RL method needed) and the decoding methods run
-    once guided by the gold and once by the proxy, judged by the gold under one greedy baseline."""
-    model_dir = save_tiny(tmp_path / "tiny")
-    cfg = DemoConfig(
+def _tiny_dpo_demo(model_dir, output_dir, **overrides) -> DemoConfig:
+    """DPO alone on a tiny random model: 6 train prompts x 2 samples, 4 evaluation prompts, a few tokens each."""
+    base = dict(
         model=str(model_dir),
-        output_dir=str(tmp_path / "demo"),
+        output_dir=str(output_dir),
         train_prompts=6,
         samples_per_prompt=2,
         pair_max_new_tokens=6,
@@ -139,9 +137,19 @@ def test_demo_tiny_proxy_guided_decoding(tmp_path):
         epochs=1,
         per_device_batch_size=4,
         lora_top_layers=1,
-        rm_epochs=1,
         eval_prompts=4,
         eval_max_new_tokens=6,
+    )
+    return DemoConfig(**(base | overrides))
+
+
+def test_demo_tiny_proxy_guided_decoding(tmp_path):
+    """decoding_guide=both: the proxy RM is trained on the pairs (no RL method needed) and the decoding methods run
+    once guided by the gold and once by the proxy, judged by the gold under one greedy baseline."""
+    cfg = _tiny_dpo_demo(
+        save_tiny(tmp_path / "tiny"),
+        tmp_path / "demo",
+        rm_epochs=1,
         decoding=["greedy", "best-of-n", "args"],
         decoding_prompts=3,
         decoding_subset=2,
@@ -174,22 +182,7 @@ def test_demo_is_reproducible_on_one_machine(tmp_path, monkeypatch):
 
     def run(tag: str) -> list[dict]:
         monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / f"cache_{tag}"))
-        cfg = DemoConfig(
-            model=str(model_dir),
-            output_dir=str(tmp_path / tag),
-            train_prompts=6,
-            samples_per_prompt=2,
-            pair_max_new_tokens=6,
-            methods=["dpo"],
-            epochs=1,
-            per_device_batch_size=4,
-            lora_top_layers=1,
-            eval_prompts=4,
-            eval_max_new_tokens=6,
-            decoding=[],
-            n_boot=50,
-        )
-        return run_demo(cfg)["rows"]
+        return run_demo(_tiny_dpo_demo(model_dir, tmp_path / tag, decoding=[], n_boot=50))["rows"]
 
     first, second = run("a"), run("b")
     keys = ("gold", "diff", "diff_se", "win_rate", "kl", "breakdown")
