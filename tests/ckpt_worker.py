@@ -72,9 +72,11 @@ def _train(args, T, C, recorded: dict, holder: dict):
     def recording_save(accelerator, run_dir, step, keep=1):
         if "acc" not in holder:  # first save: remember the accelerator, slow rank 1 down for every save
             holder["acc"] = accelerator
-            # train() ends with end_training(), which destroys the process group; the checks after it need it
+            # train() ends with end_training(), which destroys the process group, after free_memory(), which drops
+            # the prepared objects; the checks after it need both
             holder["end_training"] = accelerator.end_training
             accelerator.end_training = lambda: None
+            accelerator.free_memory = lambda *objects: None
             if accelerator.process_index == args.slow_rank:
                 inner = accelerator.save_state
 

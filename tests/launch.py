@@ -48,6 +48,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and every descendant. torchrun starts each rank in a session of its own,
+    so killing the launcher's group alone leaves the ranks alive, holding the output pipe open (a test that waits
+    on that pipe then hangs for ever)."""
+    for p in [pid, *_descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def launch(worker: Path, args: list[str], out: Path, nproc: int, timeout_s: int) -> subprocess.CompletedProcess:
     """Run ``worker`` as a plain process (nproc = 1) or nproc gloo ranks, with its own cache under ``out``; the
     whole process group is killed on timeout so a hung rank never outlives the test. Output in out/log.txt."""
@@ -87,11 +119,14 @@ def launch(worker: Path, args: list[str], out: Path, nproc: int, timeout_s: int)
     try:
         stdout, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
+        kill_tree(proc.pid)
+        try:
+            stdout, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # something still holds the pipe: fail anyway, never wait forever
+            stdout = "(no output: the pipe stayed open after the kill)"
         pytest.fail(f"{nproc}-process run hung (> {timeout_s}s):\n{stdout[-4000:]}")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     (out / "log.txt").write_text(stdout)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout)

@@ -151,6 +151,7 @@ def _has_deepspeed() -> bool:
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(1200)  # the launch's own limit is 900 s
 @pytest.mark.slow
 @pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize(

@@ -90,6 +90,8 @@ def _run(out: Path, model: Path, data: Path, nproc: int, *worker_args: str) -> s
 
 def _result(out: Path, cp: subprocess.CompletedProcess, world: int) -> tuple[dict, dict]:
     assert cp.returncode == 0, cp.stdout[-4000:]
+    # train() lets go of its DDP wrapper before the process group is destroyed (end_run: a rank can hang otherwise)
+    assert "DDP wrapper(s) still referenced" not in cp.stdout
     res = json.loads((out / "result.json").read_text())
     assert res["world"] == world, f"expected {world} ranks, ran {res['world']}"
     for r in range(world):

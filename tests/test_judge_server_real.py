@@ -24,7 +24,7 @@ from alignlab.judge.templates import TEMPLATES
 from alignlab.judge.types import Pair
 
 BINARY, WHERE = llama_server_binary()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(BINARY is None, reason=WHERE)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.skipif(BINARY is None, reason=WHERE)]
 BASE = TEMPLATES["base"]
 # Server log-odds vs the HF readout of the same weights (the fp32 dequantized GGUF): llama.cpp multiplies Q4_1
 # weights with Q8_1-quantized activations, HF with fp32 ones. Measured max |difference| of log(P1/P2) over the

@@ -76,6 +76,7 @@ def _run(out: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
     cp = launch(WORKER, [*args, "--out", str(out)], out, nproc, TIMEOUT_S)
     print(f"{nproc}-process {' '.join(args[:2])}: {time.perf_counter() - t0:.1f}s rc={cp.returncode}")
     assert cp.returncode == 0, cp.stdout[-4000:]
+    assert "DDP wrapper(s) still referenced" not in cp.stdout  # rl() lets go of them first (end_run says why)
     return cp
 
 

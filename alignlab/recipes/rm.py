@@ -47,7 +47,7 @@ from alignlab.training.rm_step import (
     length_baselines,
     rm_train_step,
 )
-from alignlab.training.run_state import start_run
+from alignlab.training.run_state import end_run, start_run
 from alignlab.training.schedule import BatchPlan
 from alignlab.training.step import NonFiniteLossError
 from alignlab.training.trackers import (
@@ -287,8 +287,8 @@ def train_rm(cfg: RMConfig) -> RMResult:
         save_reward_model(trained, tokenizer, final_dir, offset, scale)
     if is_main:
         _write_report(cfg, run_dir, evals if start_step == 0 else read_metrics(run_dir / "metrics.jsonl", "eval"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    scorer = optimizer = scheduler = None  # the DDP wrapper must go before the process group (end_run says why)
+    end_run(accelerator)
     trained.eval()
     return RMResult(run_dir, final_dir, last_step, history, evals, trained, offset, scale)
 

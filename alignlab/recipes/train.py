@@ -42,7 +42,7 @@ from alignlab.training.checkpoint import save_checkpoint
 from alignlab.training.evaluate import EvalSet, eval_due, eval_report, evaluate, length_baselines, write_best
 from alignlab.training.inputs import prepare_data, prepare_eval_data, read_eval_records, read_records
 from alignlab.training.metrics import read_metrics, step_metrics
-from alignlab.training.run_state import start_run
+from alignlab.training.run_state import end_run, start_run
 from alignlab.training.schedule import BatchPlan
 from alignlab.training.trackers import (
     active_trackers,
@@ -373,9 +373,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs: list[TokenizedPai
         _write_report(cfg, run_dir, bool(history), eval_set is not None)
         if last_step == total_steps:
             write_final_card(run_dir)  # after report.md: the card quotes it
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
     trained = accelerator.unwrap_model(scorer).model
+    scorer = optimizer = scheduler = None  # the DDP wrapper must go before the process group (end_run says why)
+    end_run(accelerator)
     trained.eval()
     return TrainResult(run_dir, final_dir, last_step, history, tables.ref_hit, trained, tables.treg_hit, evals)
 
