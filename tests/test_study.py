@@ -100,6 +100,12 @@ def test_rl_mode_end_to_end(setup):
     pts = res["points"]
     assert pts[0]["method"] == "base" and pts[0]["proxy"] is not None
     assert all(p["train_kl"] is not None and p["proxy"] is not None for p in pts[1:])
+    first = json.loads((Path(out["results"]).parent / "proxies" / "rm6.jsonl").read_text())
+    assert first["cache_hit"] is False and first["size"] == 6
+    # another study (another output_dir, another mode) finds the proxy in the cache instead of training it again
+    again = run_study(_cfg(setup, "bon", "bon_after_rl", sizes=[6], rm_epochs=1, pool=4, n_max=2), gold=GOLD)
+    second = json.loads((Path(again["results"]).parent / "proxies" / "rm6.jsonl").read_text())
+    assert second["cache_hit"] is True and second["dir"] == first["dir"]
 
 
 def test_unread_keys_are_errors(setup):
@@ -112,3 +118,17 @@ def test_unread_keys_are_errors(setup):
     with pytest.raises(ConfigError, match="mode"):
         build_config(StudyConfig, None, ["mode=ppo"])
     assert build_config(StudyConfig, None, ["mode=rl", "algos=rloo,ppo"]).algos == ["rloo", "ppo"]
+
+
+def test_checkpoint_steps_are_distinct_and_front_loaded():
+    # 100 steps, 8 checkpoints: 4 in the first quarter at floor(25 * i / 4 + 0.5), 4 over steps 26..100
+    assert checkpoint_steps(100, 8) == [6, 13, 19, 25, 44, 63, 81, 100]
+    # the daa default (8 steps, 8 asked): every step, not the 6 that round-half-even gave ({1, 2, 4, 5, 6, 8})
+    assert checkpoint_steps(8, 8) == list(range(1, 9))
+    assert checkpoint_steps(3, 8) == [1, 2, 3] and checkpoint_steps(5, 1) == [5]
+    for total in range(1, 60):
+        for k in (1, 2, 3, 8):
+            steps = checkpoint_steps(total, k)
+            assert len(set(steps)) == min(total, k) and steps == sorted(steps) and steps[-1] == total
+            if total >= 4 * k:  # room for half of them in the first quarter
+                assert sum(s <= total / 4 for s in steps) == k // 2

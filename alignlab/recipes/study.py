@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.eval.rlhf import split_by_prompt, top_layer_targets, write_jsonl
 from alignlab.losses import LOSSES
 from alignlab.losses.rl_registry import RL_ALGOS
-from alignlab.models.loading import load_model_and_tokenizer, model_fingerprint
+from alignlab.models.loading import cache_dir, load_model_and_tokenizer, model_fingerprint
 from alignlab.recipes.rl import RLConfig, rl
 from alignlab.recipes.rm import RMConfig, train_rm
 from alignlab.recipes.train import TrainConfig, train
@@ -251,22 +252,32 @@ def run_daa(st: Study) -> None:
                 st.add(point)
 
 
+def _proxy_home(c: StudyConfig, backbone: str, train_rows: list[dict], held_rows: list[dict]) -> Path:
+    """Where a proxy RM lives in the alignlab cache, keyed by everything its training reads (the backbone's
+    fingerprint, the pairs' texts, the RM settings): bon and rl, and studies in other output_dirs, share it."""
+    settings = ("lora_r", "lora_alpha", "lora_top_layers", "rm_learning_rate", "rm_epochs", "seed")
+    key = {"backbone": backbone, "train": train_rows, "heldout": held_rows, **{k: getattr(c, k) for k in settings}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "study_proxies" / f"rm{len(train_rows)}_{digest}"
+
+
 def _proxies(st: Study, model, tok) -> dict[str, tuple[int | None, str]]:
     """run label -> (size, RM directory): the given proxy, or one RM per size trained on gold-labelled pairs
     (``alignlab rm``; the held-out prompts' pairs as its eval_data, normalised on both sides of every pair: the base
-    policy's samples). A finished RM (final/ exists) is reused on a rerun."""
+    policy's samples). Trained once into the cache (``_proxy_home``) and reused by every later mode and study."""
     c = st.cfg
     if c.proxy:
         return {"rm=given": (None, c.proxy)}
     _, _, rows, held = _pairs(st, model, tok)
-    out = {}
+    out, backbone = {}, model_fingerprint(model)
     trl = lambda rs: [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rs]  # noqa: E731
     for size in c.sizes:
         if size > len(rows):
             raise ConfigError(f"sizes: {size} pairs asked for, only {len(rows)} training pairs (raise pair_prompts)")
-        d = st.dir / "proxies" / f"rm{size}"
-        if not (d / "final" / "config.json").exists():
-            sub = rows[:size]
+        sub = rows[:size]
+        d = _proxy_home(c, backbone, trl(sub), trl(held))
+        cached = (d / "proxy.json").exists()  # written last: the RM is saved and normalised
+        if not cached:
             both = [{"prompt": r["prompt"], "response": r[s]} for r in sub + held for s in ("chosen", "rejected")]
             rcfg = RMConfig(
                 model=c.model,
@@ -285,11 +296,15 @@ def _proxies(st: Study, model, tok) -> dict[str, tuple[int | None, str]]:
                 seed=c.seed,
                 output_dir=str(d),
                 report_to=["none"],
+                resume_from="latest",  # an interrupted proxy continues from its last checkpoint
                 cpu=True,
             )
             rm = train_rm(rcfg)
             info = {"size": size, "eval_accuracy": rm.evals[-1].get("eval_accuracy") if rm.evals else None}
             (d / "proxy.json").write_text(json.dumps(info, indent=2))
+        info = json.loads((d / "proxy.json").read_text()) | {"dir": str(d / "final"), "cache_hit": cached}
+        write_jsonl(st.dir / "proxies" / f"rm{size}.jsonl", [info])
+        print(f"[study] proxy rm={size}: {'cached' if cached else 'trained'} in {d}")
         out[f"rm={size}"] = (size, str(d / "final"))
     return out
 

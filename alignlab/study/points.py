@@ -4,6 +4,7 @@ measured, so that a rerun of the same study skips every point already done (docs
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -74,13 +75,17 @@ def append_point(run_dir: Path, point: StudyPoint) -> None:
 
 
 def checkpoint_steps(total: int, k: int) -> list[int]:
-    """``k`` checkpoint steps in 1..total, ending at ``total``, half of them inside the first quarter of the run
-    (DAA found the gold peaking after about 25% of the epoch); fewer when ``total`` has too few steps."""
+    """``k`` distinct checkpoint steps in 1..total, ending at ``total``, half of them (``k // 2``) inside the first
+    quarter of the run where it has that many steps (DAA found the gold peaking after about 25% of the epoch), the
+    rest evenly over the remainder; every step when ``total <= k``. Spacing is at least one step on each side, and
+    ``floor(x + 0.5)`` (not Python's round-half-even, which maps 2.5 and 1.5 both to 2) keeps the points distinct."""
     if total < 1 or k < 1:
         raise ValueError(f"need total >= 1 and k >= 1, got {total}, {k}")
-    early = k // 2
-    q = total / 4
-    steps = {max(1, round(q * (i + 1) / early)) for i in range(early)} if early else set()
-    late = k - early
-    steps |= {max(1, round(q + (total - q) * (i + 1) / late)) for i in range(late)}
-    return sorted(s for s in steps if s <= total)
+    if total <= k:
+        return list(range(1, total + 1))
+    first_quarter = max(1, total // 4)
+    early = min(k // 2, first_quarter)
+    late, rest = k - early, total - first_quarter
+    steps = [math.floor(first_quarter * (i + 1) / early + 0.5) for i in range(early)]
+    steps += [first_quarter + math.floor(rest * (i + 1) / late + 0.5) for i in range(late)]
+    return steps
