@@ -187,6 +187,14 @@ def test_rm_end_to_end(tmp_path, tiny_dir):
     assert config["alignlab_reward_offset"] == pytest.approx(norm_info["offset"])
     assert config["alignlab_reward_scale"] == pytest.approx(norm_info["scale"]) and norm_info["scale"] != 1.0
     assert config["pad_token_id"] != config["eos_token_id"]
+    # final/README.md: the run's card; its by-hand scoring recipe gives alignlab's own normalised reward
+    card = (final / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "Final eval accuracy" in card
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace('path = "."', f"path = {str(final)!r}")
+    scope: dict = {}
+    exec(snippet, scope)
+    ours = load_reward(str(final))(["Why is the sky blue?"], ["Rayleigh scattering."])[0]
+    assert scope["reward"] == pytest.approx(ours, rel=1e-4, abs=1e-5)
 
     plain = AutoModelForSequenceClassification.from_pretrained(final).eval()  # plain transformers
     reward = load_reward(str(final))

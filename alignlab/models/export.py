@@ -217,13 +217,13 @@ def _summary_table(run: RunInfo, kind: str, dtype: str) -> list[str]:
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
-def _metrics_table(metrics: dict) -> list[str]:
+def metrics_table(metrics: dict) -> list[str]:
     if not metrics:
         return ["(no metrics.jsonl in the run directory)"]
     return ["| metric | value |", "|---|---|"] + [f"| `{k}` | {fmt(v)} |" for k, v in metrics.items()]
 
 
-def _demoted(report: str) -> str:
+def demoted_report(report: str) -> str:
     """report.md under this card's headings: every heading one level deeper."""
     return "\n".join("#" + ln if ln.startswith("#") else ln for ln in report.strip().splitlines())
 
@@ -266,11 +266,11 @@ def model_card(run: RunInfo, kind: str, dtype: str, origin: str = "") -> str:
         "",
         f"## Final metrics (step {fmt(run.metrics.get('step', '?'))}, the last training row of metrics.jsonl)",
         "",
-        *_metrics_table(run.metrics),
+        *metrics_table(run.metrics),
         "",
     ]
     if run.report:
-        parts += ["## Report (report.md)", "", _demoted(run.report), ""]
+        parts += ["## Report (report.md)", "", demoted_report(run.report), ""]
     config = yaml.safe_dump(c, sort_keys=False).strip()
     parts += ["## Training config (config.yaml)", "", "```yaml", config, "```", ""]
     return "\n".join(parts)

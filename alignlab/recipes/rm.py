@@ -27,6 +27,7 @@ from accelerate.utils import set_seed
 from alignlab.config import ConfigError, reject_unread, save_config
 from alignlab.data.formats import load_scored_rows
 from alignlab.models.loading import DTYPES
+from alignlab.models.reward_card import write_reward_card
 from alignlab.models.reward_model import (
     RewardScorer,
     apply_reward_lora,
@@ -287,6 +288,8 @@ def train_rm(cfg: RMConfig) -> RMResult:
         save_reward_model(trained, tokenizer, final_dir, offset, scale)
     if is_main:
         _write_report(cfg, run_dir, evals if start_step == 0 else read_metrics(run_dir / "metrics.jsonl", "eval"))
+        if last_step == total_steps:
+            write_reward_card(run_dir, offset, scale)  # after report.md: the card quotes it
     scorer = optimizer = scheduler = None  # the DDP wrapper must go before the process group (end_run says why)
     end_run(accelerator)
     trained.eval()
