@@ -264,13 +264,16 @@ def model_card(run: RunInfo, kind: str, dtype: str, origin: str = "") -> str:
         "tokenizer = AutoTokenizer.from_pretrained(path)",
         "```",
         "",
-        f"## Final metrics (step {fmt(run.metrics.get('step', '?'))}, the last training row of metrics.jsonl)",
-        "",
-        *metrics_table(run.metrics),
-        "",
+        *card_results(run),
     ]
-    if run.report:
-        parts += ["## Report (report.md)", "", demoted_report(run.report), ""]
-    config = yaml.safe_dump(c, sort_keys=False).strip()
-    parts += ["## Training config (config.yaml)", "", "```yaml", config, "```", ""]
     return "\n".join(parts)
+
+
+def card_results(run: RunInfo) -> list[str]:
+    """The closing sections of a card: the final metrics, the run's report.md and its config."""
+    step = fmt(run.metrics.get("step", "?"))
+    parts = [f"## Final metrics (step {step}, the last training row of metrics.jsonl)", "", *metrics_table(run.metrics)]
+    if run.report:
+        parts += ["", "## Report (report.md)", "", demoted_report(run.report)]
+    config = yaml.safe_dump(run.config, sort_keys=False).strip()
+    return parts + ["", "## Training config (config.yaml)", "", "```yaml", config, "```", ""]

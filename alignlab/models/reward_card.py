@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from alignlab.models.errors import looks_like_path
-from alignlab.models.export import demoted_report, fmt, metrics_table, read_run
+from alignlab.models.export import card_results, fmt, read_run
 from alignlab.models.loading import MODEL_ALIASES
 
 
@@ -64,14 +62,8 @@ def write_reward_card(run_dir: str | Path, offset: float, scale: float) -> Path:
         "reward = (raw - model.config.alignlab_reward_offset) / model.config.alignlab_reward_scale",
         "```",
         "",
-        f"## Final metrics (step {fmt(run.metrics.get('step', '?'))}, the last training row of metrics.jsonl)",
-        "",
-        *metrics_table(run.metrics),
-        "",
+        *card_results(run),
     ]
-    if run.report:
-        parts += ["## Report (report.md)", "", demoted_report(run.report), ""]
-    parts += ["## Training config (config.yaml)", "", "```yaml", yaml.safe_dump(c, sort_keys=False).strip(), "```", ""]
     path = run.final_dir / "README.md"
     path.write_text("\n".join(parts))
     return path
