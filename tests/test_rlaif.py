@@ -118,8 +118,8 @@ def test_rlaif_judge_leaving_too_few_pairs_is_a_reported_skip(tmp_path):
     out = run_rlaif(cfg)
     assert [r["method"] for r in out["rows"]] == ["base"]
     assert out["label_counts"]["ties_dropped"] == out["agreement"]["pairs"] >= 1
-    why = out["train"]["dpo_judge/skipped"]["skipped"]
+    why = out["skipped"]["dpo_judge"]
     assert why.startswith("not trained: the judge left 0 of") and "ties_dropped" in why
     assert f"{LABELS['dpo_judge']}: not trained" in (tmp_path / "run" / "report.md").read_text()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["train"]["dpo_judge/skipped"]["skipped"] == why
+    assert metrics["skipped"]["dpo_judge"] == why

@@ -233,12 +233,12 @@ def run_rlaif(cfg: RLAIFConfig) -> dict:
                 res, i, _ = rl_and_eval(cfg, "rloo", seed, pairs, *args, rms[method], tag=method)
             results.setdefault(method, []).append(res)
             info[f"{method}/seed{seed}"] = i
-    info |= {f"{m}/skipped": {"skipped": why} for m, why in skipped.items()}
-    return _finish(cfg, run_dir, clock, base, results, info, labels, rating, rms, direct, prep, eval_p, gold.name)
+    args = (base, results, info, skipped, labels, rating, rms, direct, prep, eval_p, gold.name)
+    return _finish(cfg, run_dir, clock, *args)
 
 
-def _finish(cfg, run_dir, clock, base, results, info, labels, rating, rms, direct, prep, eval_p, gold_name) -> dict:
-    """4. the table, the agreement, cost and RL sections, the files."""
+def _finish(cfg, run_dir, clock, base, results, info, skipped, labels, rating, rms, direct, prep, eval_p, gold_name):
+    """4. the table, the agreement, cost and RL sections, the files. ``skipped``: method -> why it was not trained."""
     rows = [base_row(base)]
     rows += [method_row(LABELS[m], rs, base, cfg.eval_temperature, cfg.n_boot, cfg.seed) for m, rs in results.items()]
     clock.parts["total"] = time.perf_counter() - clock.t0
@@ -250,7 +250,7 @@ def _finish(cfg, run_dir, clock, base, results, info, labels, rating, rms, direc
     curves = {k: v for p in [*rms.values(), direct] for k, v in p.curves.items()}
     if curves:
         sections.append(_rl_section(cfg, curves, write_curves(run_dir, curves)[1]))
-    notes = _notes(cfg, prep, rows, info, gold_name)
+    notes = _notes(cfg, prep, rows, info, skipped, gold_name)
     samples = [
         {"prompt": eval_p[i].instruction, "base": base.texts[i]}
         | {LABELS[m]: r[0].texts[i] for m, r in results.items()}
@@ -258,7 +258,8 @@ def _finish(cfg, run_dir, clock, base, results, info, labels, rating, rms, direc
     ]
     title = f"alignlab rlaif: AI feedback vs the gold's labels on the embedded task ({cfg.eval_split} prompts)"
     report = write_report(run_dir, rows, title, notes, samples, breakdown=breakdown_table(rows), sections=sections)
-    metrics = {"rows": rows, "agreement": labels.agreement, "label_counts": labels.counts, "cost": cost, "train": info}
+    metrics = {"rows": rows, "agreement": labels.agreement, "label_counts": labels.counts, "cost": cost}
+    metrics |= {"train": info, "skipped": skipped}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     dump_generations(run_dir, eval_p, base, *[r for rs in results.values() for r in rs])
     print("\n" + format_table(rows) + "\n\ngain by gold term (signed contributions; they add up to Δgold):\n")
@@ -291,7 +292,7 @@ def _rl_section(cfg: RLAIFConfig, curves: dict[str, list[dict]], png: Path) -> S
     return Section("RL runs: reward and gold per step", notes, (head, body), png, "reward vs gold")
 
 
-def _notes(cfg: RLAIFConfig, prep, rows, info, gold_name: str) -> list[str]:
+def _notes(cfg: RLAIFConfig, prep, rows, info, skipped: dict[str, str], gold_name: str) -> list[str]:
     notes = [
         f"{rows[0]['n_prompts']} {cfg.eval_split} prompts (balanced), one sample each at T = {cfg.eval_temperature} "
         f"(sampling seed {cfg.seed + 1}), max {cfg.eval_max_new_tokens} new tokens; judged by the gold ({gold_name})",
@@ -308,9 +309,8 @@ def _notes(cfg: RLAIFConfig, prep, rows, info, gold_name: str) -> list[str]:
             f"{r['method']}: Δgold {r['diff']:+.4f} ± {r['diff_se']:.4f} (s.e. over {seeds}) -> {verdict} 2 s.e.; "
             f"win rate {r['win_rate']:.3f}; largest term {r.get('breakdown_dominant', '-')}"
         )
-    trained = {k: v for k, v in info.items() if "skipped" not in v}
-    notes.append("training: " + "; ".join(f"{k}: {v.get('steps')} steps" for k, v in trained.items()))
-    notes += [f"{LABELS[k.split('/')[0]]}: {v['skipped']}" for k, v in info.items() if "skipped" in v]
+    notes.append("training: " + "; ".join(f"{k}: {v.get('steps')} steps" for k, v in info.items()))
+    notes += [f"{LABELS[m]}: {why}" for m, why in skipped.items()]
     return notes
 
 
