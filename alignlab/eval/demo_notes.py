@@ -46,9 +46,9 @@ def demo_notes(cfg, prep, rows, train_info, timings) -> list[str]:
     if online:
         notes.append(
             f"RL (`alignlab rl` against the proxy RM, on the pairs' {cfg.train_prompts} train prompts): {lora}, lr "
-            f"{cfg.rl_learning_rate}, {cfg.rl_steps} steps of {cfg.rl_prompts_per_step} prompts x the algorithm's "
-            f"group size, max {cfg.rl_max_new_tokens} new tokens, TRL's defaults otherwise (KL coefficient 0.05; "
-            "ppo samples at T = 0.7, 4 epochs; rloo at T = 1, 2 samples per prompt); last step: "
+            f"{cfg.rl_learning_rate}{_ppo_lr(cfg)}, {cfg.rl_steps} steps of {cfg.rl_prompts_per_step} prompts x the "
+            f"algorithm's group size, max {cfg.rl_max_new_tokens} new tokens, TRL's defaults otherwise (KL "
+            "coefficient 0.05; ppo samples at T = 0.7, 4 epochs; rloo at T = 1, 2 samples per prompt); last step: "
             + "; ".join(
                 f"{k}: proxy {v['final_proxy']:+.3f}, gold {v['final_gold']:.3f}, KL to init {v['final_kl_init']:.2f}"
                 for k, v in online.items()
@@ -79,3 +79,8 @@ def dump_generations(run_dir: Path, prompts, *results: MethodResult) -> None:
                     )
                     + "\n"
                 )
+
+
+def _ppo_lr(cfg) -> str:
+    """PPO's own learning rate, where it differs (DemoConfig.ppo_learning_rate)."""
+    return f" (PPO {cfg.ppo_learning_rate})" if cfg.ppo_learning_rate is not None and "ppo" in cfg.methods else ""

@@ -56,7 +56,7 @@ from alignlab.task.prompts import balanced, load_task_prompts
 
 # the RLHF keys: the proxy RM's with an RL method or proxy-guided decoding, the RL ones with an RL method
 RM_KEYS = ["rm_heldout", "rm_epochs", "rm_learning_rate"]
-RL_KEYS = ["rl_steps", "rl_prompts_per_step", "rl_max_new_tokens", "rl_learning_rate"]
+RL_KEYS = ["rl_steps", "rl_prompts_per_step", "rl_max_new_tokens", "rl_learning_rate", "ppo_learning_rate"]
 
 
 @dataclass
@@ -94,6 +94,8 @@ class DemoConfig:
     rl_prompts_per_step: int = 8  # x the algorithm's group size (rloo 2, ppo 1, grpo 8) rollouts per step
     rl_max_new_tokens: int = 128
     rl_learning_rate: float = 1e-3
+    # PPO's own (it takes 4 epochs of updates per rollout batch, RLOO/GRPO one): None = rl_learning_rate
+    ppo_learning_rate: float | None = None
     # evaluation: one sample per prompt at eval_temperature; KL is reported at T = 1 on the policy's own samples
     eval_split: str = "test"  # test: reported numbers; validation: tuning (never tune on test)
     eval_prompts: int = 48  # balanced over the categories
@@ -107,6 +109,10 @@ class DemoConfig:
     decoding_subset: int = 32  # first N of those for the expensive ones (cd, tq-direct); = decoding_prompts: all
     decoding_max_new_tokens: int = 64
     decoding_guide: str = "gold"  # gold | proxy | both: the reward decoding optimises (proxy: the demo's proxy RM)
+
+    def rl_lr(self, algo: str) -> float:
+        """The learning rate of an RL method: ppo_learning_rate for PPO when set, else rl_learning_rate."""
+        return self.ppo_learning_rate if algo == "ppo" and self.ppo_learning_rate is not None else self.rl_learning_rate
 
     def validate(self) -> None:
         if self.samples_per_prompt < 2:
@@ -128,6 +134,8 @@ class DemoConfig:
             raise ValueError(f"decoding_guide must be one of {', '.join(GUIDES)}, got {self.decoding_guide!r}")
         if not any(m in RL_ALGOS for m in self.methods):
             reject_unread(self, RL_KEYS, "no RL method is trained (methods=... has no rloo/ppo/grpo)")
+        elif "ppo" not in self.methods:
+            reject_unread(self, ["ppo_learning_rate"], "ppo is not among methods")
         if not self.needs_proxy:
             reject_unread(self, RM_KEYS, "no proxy RM is trained (no RL method, decoding_guide=gold)")
         elif not 0 < self.rm_heldout < 1:
@@ -402,7 +410,7 @@ def rl_and_eval(
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_target=top_layer_targets(model, cfg.lora_top_layers),
-        learning_rate=cfg.rl_learning_rate,
+        learning_rate=cfg.rl_lr(algo),
         max_steps=cfg.rl_steps,
         seed=seed,
         output_dir=str(Path(cfg.output_dir) / f"rl_{tag or algo}_seed{seed}"),

@@ -110,6 +110,10 @@ class RLAIFConfig:
     eval_temperature: float = 1.0
     n_boot: int = 2000
 
+    def rl_lr(self, algo: str) -> float:
+        """The learning rate of its RL runs (all RLOO)."""
+        return self.rl_learning_rate
+
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in RLAIF_METHODS]
         if unknown or not self.methods:
