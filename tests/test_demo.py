@@ -124,11 +124,12 @@ def test_demo_rl_keys_need_an_rl_method():
     with pytest.raises(ValueError, match="unknown"):
         build_config(DemoConfig, None, ["methods=dpo,reinforce"])
     # PPO's own learning rate: read only when PPO runs; RLOO keeps rl_learning_rate
-    with pytest.raises(ConfigError, match="ppo_learning_rate=0.0003.*ppo is not among methods"):
-        build_config(DemoConfig, None, ["methods=dpo,rloo", "ppo_learning_rate=3e-4"])
-    cfg = build_config(DemoConfig, None, ["methods=rloo,ppo", "rl_learning_rate=1e-3", "ppo_learning_rate=3e-4"])
+    with pytest.raises(ConfigError, match="ppo_learning_rate=0.0005.*ppo is not among methods"):
+        build_config(DemoConfig, None, ["methods=dpo,rloo", "ppo_learning_rate=5e-4"])
+    cfg = build_config(DemoConfig, None, ["methods=rloo,ppo"])  # the validation-tuned defaults
     assert (cfg.rl_lr("rloo"), cfg.rl_lr("ppo"), cfg.rl_lr("grpo")) == (1e-3, 3e-4, 1e-3)
-    assert build_config(DemoConfig, None, ["methods=ppo", "rl_learning_rate=2e-3"]).rl_lr("ppo") == 2e-3
+    cfg = build_config(DemoConfig, None, ["methods=ppo", "rl_learning_rate=2e-3", "ppo_learning_rate=5e-4"])
+    assert (cfg.rl_lr("rloo"), cfg.rl_lr("ppo")) == (2e-3, 5e-4)
 
 
 def _tiny_dpo_demo(model_dir, output_dir, **overrides) -> DemoConfig:
