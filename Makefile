@@ -6,7 +6,7 @@ STAMP := $(VENV)/.alignlab-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding demo-rlhf test test-fast test-judge-server lint bench browser clean
+.PHONY: setup demo demo-tune demo-seeds demo-treg demo-decoding demo-rlhf demo-rlhf-tune test test-fast test-judge-server lint bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo-treg: setup
 # decoding-time methods beside the trained DPO policy
 demo-decoding: setup
 	$(BIN)/alignlab demo decoding=greedy,sample,best-of-n,args,cd,tq-direct,tq-indirect,linear output_dir=runs/demo_decoding
+# the RL learning rates behind demo-rlhf's defaults, on validation prompts (docs/demo.md; 12-15 min each on a Xeon)
+demo-rlhf-tune: setup
+	for lr in 3e-4 1e-3 3e-3; do $(BIN)/alignlab demo methods=rloo,ppo eval_split=validation rl_learning_rate=$$lr \
+	  ppo_learning_rate=$$lr output_dir=runs/tune_rl/lr_$$lr || exit 1; done
 # the RLHF loop (37.5 min measured): a proxy reward model on the gold-labelled pairs, RLOO and PPO against it (proxy and
 # gold per RL step), evaluated beside DPO on the same pairs; RL settings: DemoConfig's rl_* / rm_* keys
 demo-rlhf: setup
