@@ -44,8 +44,9 @@ demo-decoding: setup
 demo-rlhf-tune: setup
 	for lr in 3e-4 1e-3 3e-3; do $(BIN)/alignlab demo methods=rloo,ppo eval_split=validation rl_learning_rate=$$lr \
 	  ppo_learning_rate=$$lr output_dir=runs/tune_rl/lr_$$lr || exit 1; done
-# the RLHF loop (15.3 min measured on a 2-core Xeon, 37.5 on a 2-core EPYC): a proxy reward model on the gold-labelled pairs, RLOO and PPO against it (proxy and
-# gold per RL step), evaluated beside DPO on the same pairs; RL settings: DemoConfig's rl_* / rm_* keys
+# the RLHF loop (15.3 min measured on a 2-core Xeon, 37.5 on a 2-core EPYC): a proxy reward model on the gold-labelled
+# pairs, RLOO and PPO against it (proxy and gold per RL step), evaluated beside DPO on the same pairs; RL settings:
+# DemoConfig's rl_* / ppo_learning_rate / rm_* keys
 demo-rlhf: setup
 	$(BIN)/alignlab demo methods=dpo,rloo,ppo output_dir=runs/demo_rlhf
 

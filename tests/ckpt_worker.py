@@ -72,8 +72,8 @@ def _train(args, T, C, recorded: dict, holder: dict):
     def recording_save(accelerator, run_dir, step, keep=1):
         if "acc" not in holder:  # first save: remember the accelerator, slow rank 1 down for every save
             holder["acc"] = accelerator
-            # train() ends with end_training(), which destroys the process group, after free_memory(), which drops
-            # the prepared objects; the checks after it need both
+            # train() ends with end_run(): free_memory() drops the prepared objects, end_training() destroys the
+            # process group; the checks after it need both
             holder["end_training"] = accelerator.end_training
             accelerator.end_training = lambda: None
             accelerator.free_memory = lambda *objects: None

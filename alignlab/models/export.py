@@ -186,11 +186,15 @@ def fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def is_hub_id(model: str) -> bool:
+    """True when a run's ``model`` names a Hub repository (a card's ``base_model``), not an alias or a local path."""
+    return bool(model) and model not in MODEL_ALIASES and not looks_like_path(model) and not Path(model).exists()
+
+
 def _front_matter(run: RunInfo, kind: str) -> str:
     model, loss = str(run.config.get("model", "")), str(run.config.get("loss", ""))
     lines = ["---", f"library_name: {'peft' if kind == 'adapter' else 'transformers'}"]
-    hub_id = model and model not in MODEL_ALIASES and not looks_like_path(model) and not Path(model).exists()
-    if hub_id:
+    if is_hub_id(model):
         lines.append(f"base_model: {model}")
     tags = ["alignlab", loss, {"merged": "lora-merged", "adapter": "lora", "full": "full-fine-tune"}[kind]]
     return "\n".join(lines + ["tags:"] + [f"- {t}" for t in tags if t] + ["---", ""])

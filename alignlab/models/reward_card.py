@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignlab.models.errors import looks_like_path
-from alignlab.models.export import card_results, fmt, read_run
-from alignlab.models.loading import MODEL_ALIASES
+from alignlab.models.export import card_results, fmt, is_hub_id, read_run
 
 
 def write_reward_card(run_dir: str | Path, offset: float, scale: float) -> Path:
@@ -16,7 +14,7 @@ def write_reward_card(run_dir: str | Path, offset: float, scale: float) -> Path:
     c = run.config
     model = str(c.get("model", ""))
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
-    if model and model not in MODEL_ALIASES and not looks_like_path(model) and not Path(model).exists():
+    if is_hub_id(model):
         front.append(f"base_model: {model}")
     front += ["tags:", "- alignlab", "- reward-model", "- bradley-terry", "---", ""]
     tuning = "LoRA, merged into the weights" if c.get("lora") else "full fine-tuning"

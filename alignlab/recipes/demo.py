@@ -95,7 +95,7 @@ class DemoConfig:
     rl_max_new_tokens: int = 128
     rl_learning_rate: float = 1e-3
     # PPO's own (it takes 4 epochs of updates per rollout batch, RLOO/GRPO one): None = rl_learning_rate. Both
-    # defaults chosen on validation prompts (docs/demo.md, "Tuning the RL learning rates")
+    # defaults chosen on validation prompts (docs/demo.md, "The RL learning rates")
     ppo_learning_rate: float | None = 3e-4
     # evaluation: one sample per prompt at eval_temperature; KL is reported at T = 1 on the policy's own samples
     eval_split: str = "test"  # test: reported numbers; validation: tuning (never tune on test)

@@ -237,8 +237,9 @@ def run_rlaif(cfg: RLAIFConfig) -> dict:
                 res, i, _ = rl_and_eval(cfg, "rloo", seed, pairs, *args, rms[method], tag=method)
             results.setdefault(method, []).append(res)
             info[f"{method}/seed{seed}"] = i
-    args = (base, results, info, skipped, labels, rating, rms, direct, prep, eval_p, gold.name)
-    return _finish(cfg, run_dir, clock, *args)
+    return _finish(
+        cfg, run_dir, clock, base, results, info, skipped, labels, rating, rms, direct, prep, eval_p, gold.name
+    )
 
 
 def _finish(cfg, run_dir, clock, base, results, info, skipped, labels, rating, rms, direct, prep, eval_p, gold_name):
