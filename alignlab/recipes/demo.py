@@ -93,10 +93,9 @@ class DemoConfig:
     rl_steps: int = 8
     rl_prompts_per_step: int = 8  # x the algorithm's group size (rloo 2, ppo 1, grpo 8) rollouts per step
     rl_max_new_tokens: int = 128
-    rl_learning_rate: float = 1e-3
-    # PPO's own (it takes 4 epochs of updates per rollout batch, RLOO/GRPO one): None = rl_learning_rate. Both
-    # defaults chosen on validation prompts (docs/demo.md, "The RL learning rates")
-    ppo_learning_rate: float | None = 3e-4
+    # Both RL learning rates were chosen on validation prompts (docs/demo.md, "The RL learning rates")
+    rl_learning_rate: float = 1e-3  # RLOO, GRPO (and PPO when ppo_learning_rate is None)
+    ppo_learning_rate: float | None = 3e-4  # PPO's own: 4 update epochs per rollout batch, where RLOO takes 1
     # evaluation: one sample per prompt at eval_temperature; KL is reported at T = 1 on the policy's own samples
     eval_split: str = "test"  # test: reported numbers; validation: tuning (never tune on test)
     eval_prompts: int = 48  # balanced over the categories
